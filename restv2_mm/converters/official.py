@@ -1,0 +1,100 @@
+"""Official ResTv2 ImageNet checkpoints -> the key layout of :class:`restv2_mm.models.ResTv2`.
+
+Official names (see docs/facts): ``stem.*``, ``patch_{2,3,4}.*``, ``stage{1..4}.{i}.*``, plus the
+classifier's ``norm.*`` and ``head.*``. Ours: ``stem.*``, ``stages.{s}.downsample.*``,
+``stages.{s}.blocks.{i}.*``; inside a block the names are the same as the official ones.
+"""
+import os
+import re
+from collections import OrderedDict
+from typing import Dict, Mapping
+
+import torch
+
+# Keys only the ImageNet classifier uses; detection and segmentation drop them.
+CLASSIFIER_PREFIXES = ('norm.', 'head.')
+
+_OFFICIAL_RULES = (
+    (re.compile(r'^stage([1-4])\.(\d+)\.'), lambda m: f'stages.{int(m[1]) - 1}.blocks.{m[2]}.'),
+    (re.compile(r'^patch_([2-4])\.'), lambda m: f'stages.{int(m[1]) - 1}.downsample.'),
+)
+
+
+def load_checkpoint_file(path: str, map_location='cpu') -> dict:
+    """Load a checkpoint from a local path or any URI mmengine knows.
+
+    Local files are read with ``weights_only=True``: checkpoints come from the internet and a
+    pickle may run code; plain tensors and dicts need nothing more.
+    """
+    if os.path.isfile(path):
+        return torch.load(path, map_location=map_location, weights_only=True)
+    if '://' not in path:
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    from mmengine.runner.checkpoint import CheckpointLoader
+    return CheckpointLoader.load_checkpoint(path, map_location=map_location)
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, torch.Tensor]':
+    """The state dict inside ``{'model': sd}``, ``{'state_dict': sd}`` or a bare ``sd``,
+    with any ``module.`` (DataParallel / DDP) prefix removed."""
+    state_dict = checkpoint
+    for key in ('state_dict', 'model'):
+        if isinstance(state_dict, Mapping) and isinstance(state_dict.get(key), Mapping):
+            state_dict = state_dict[key]
+            break
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise ValueError('checkpoint holds no state dict (expected a dict of tensors, or one under '
+                         "'model' or 'state_dict')")
+    out = OrderedDict()
+    for k, v in state_dict.items():
+        out[k[len('module.'):] if k.startswith('module.') else k] = v
+    return out
+
+
+def is_official_layout(state_dict: Mapping) -> bool:
+    return any(k.startswith(('stage1.', 'patch_2.')) for k in state_dict)
+
+
+def convert_official(state_dict: Mapping) -> 'OrderedDict[str, torch.Tensor]':
+    """Rename official keys to ours and drop the classifier; other keys pass unchanged."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        if key.startswith(CLASSIFIER_PREFIXES):
+            continue
+        for pattern, repl in _OFFICIAL_RULES:
+            key, n = pattern.subn(repl, key, count=1)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
+def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[str, torch.Tensor]':
+    """Anything a user may point ``init_cfg`` at -> a state dict in our backbone's layout.
+
+    Accepts the official layouts (wrapped, ``module.``-prefixed or bare), converted copies, and
+    whole detector / segmentor checkpoints (their ``backbone.`` part is taken).
+    """
+    state_dict = unwrap_state_dict(checkpoint)
+    prefix = prefix or ('backbone.' if any(k.startswith('backbone.') for k in state_dict) else '')
+    if prefix:
+        if not prefix.endswith('.'):
+            prefix += '.'
+        state_dict = OrderedDict(
+            (k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+        if not state_dict:
+            raise ValueError(f"checkpoint has no keys under the prefix '{prefix}'")
+    if is_official_layout(state_dict):
+        return convert_official(state_dict)
+    return OrderedDict((k, v) for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES))
+
+
+def save_converted(src: str, dst: str) -> Dict[str, int]:
+    """Write an mm-style copy (``{'state_dict': ..., 'meta': ...}``) of an official checkpoint."""
+    state_dict = backbone_state_dict(load_checkpoint_file(src))
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save({'state_dict': state_dict,
+                'meta': {'converted_from': os.path.basename(src), 'converter': 'restv2_mm'}}, dst)
+    return {'tensors': len(state_dict),
+            'params': sum(v.numel() for k, v in state_dict.items() if 'running_' not in k
+                          and 'num_batches_tracked' not in k)}

@@ -1,0 +1,55 @@
+"""Let mmengine 0.10.x read its own checkpoints on torch >= 2.6 without unsafe unpickling.
+
+torch 2.6 made ``torch.load(weights_only=True)`` the default. mmengine 0.10.7 calls
+``torch.load`` without the argument, and its checkpoints hold a few non-tensor objects (the
+message hub's ``HistoryBuffer`` with numpy arrays inside), so ``--resume`` and ``load_from`` die
+with "Weights only load failed". Switching safety off for every file would let any downloaded
+pickle run code; instead we keep ``weights_only=True`` and allow-list exactly the types mmengine
+writes, for the duration of each load.
+"""
+import os.path as osp
+from typing import Iterable, List
+
+import numpy as np
+import torch
+
+_EXTRA_GLOBALS: List[object] = []
+
+
+def mmengine_checkpoint_globals() -> List[object]:
+    """The non-tensor types found in checkpoints written by mmengine's Runner."""
+    from mmengine.logging import HistoryBuffer
+    multiarray = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    numpy_dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8,
+                                                np.int16, np.int32, np.int64, np.uint8, np.bool_)]
+    return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *numpy_dtypes, *_EXTRA_GLOBALS]
+
+
+def allow_checkpoint_globals(extra: Iterable[object]) -> None:
+    """Allow more types (e.g. a custom hook's state) in checkpoints loaded through mmengine."""
+    _EXTRA_GLOBALS.extend(extra)
+
+
+def load_local_checkpoint(filename: str, map_location=None):
+    """Drop-in for mmengine's ``load_from_local``: ``weights_only=True`` plus the allow-list."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    try:
+        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle errors come as several types; add the fix and re-raise
+        if 'Weights only load failed' not in str(err):
+            raise
+        raise RuntimeError(
+            f'{filename} holds objects beyond the tensors and mmengine state that restv2_mm allows '
+            'when loading. If you trust this file, allow the types named below with '
+            '`restv2_mm.engine.allow_checkpoint_globals([...])` before loading.\n' + str(err)
+        ) from err
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Route mmengine's local-file checkpoint loading through :func:`load_local_checkpoint`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)

@@ -1,0 +1,115 @@
+"""EMSAv2, ResTv2's attention, with the window styles of the paper's Table 3 as one switch.
+
+EMSAv2(x) = proj( softmax(q k^T / sqrt(d)) v  +  LN(PixelShuffle(dwconv(v))) ), where k and v come
+from a depthwise strided convolution of x (reduction ``sr_ratio``) and the second term, the "up"
+branch, restores the detail that the reduction removed.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, H, W, C) with H % wh == W % ww == 0 -> (B * nW, wh, ww, C), windows in row order."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // wh, wh, W // ww, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh, ww, C)
+
+
+def window_reverse(windows: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B * nW, wh, ww, C) -> (B, H, W, C)."""
+    _, wh, ww, C = windows.shape
+    x = windows.view(B, H // wh, W // ww, wh, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+
+
+class EMSAv2(nn.Module):
+    """Efficient multi-head self-attention v2 on (B, H, W, C) token maps.
+
+    Args:
+        embed_dims: channels C.
+        num_heads: attention heads h (head width C / h).
+        sr_ratio: spatial reduction r of keys and values (1 keeps every token).
+        window_size: ``None`` attends over the whole map ("Global"); an int runs the attention
+            inside non-overlapping ``window_size`` x ``window_size`` windows ("Win"). Maps are
+            padded up to whole windows; padded tokens are masked out of the keys and zeroed
+            before the up branch, so a real token sees exactly what it would see if its window
+            were a separate image cut to the map, and the padding is cropped away afterwards.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int,
+                 window_size: Optional[int] = None):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.window_size = window_size
+
+        self.q = nn.Linear(embed_dims, embed_dims)
+        self.kv = nn.Linear(embed_dims, embed_dims * 2)
+        if sr_ratio > 1:
+            # kernel r+1, stride r, padding r//2: ceil(H / r) outputs for any H.
+            self.sr = nn.Conv2d(embed_dims, embed_dims, sr_ratio + 1, stride=sr_ratio,
+                                padding=sr_ratio // 2, groups=embed_dims)
+            self.sr_norm = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.up = nn.Sequential(
+            nn.Conv2d(embed_dims, sr_ratio * sr_ratio * embed_dims, 3, padding=1, groups=embed_dims),
+            nn.PixelShuffle(sr_ratio))
+        self.up_norm = nn.LayerNorm(embed_dims, eps=1e-6)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def extra_repr(self) -> str:
+        style = 'global' if self.window_size is None else f'window={self.window_size}'
+        return f'heads={self.num_heads}, sr_ratio={self.sr_ratio}, {style}'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        if self.window_size is None:
+            return self.attend(x)
+        B, H, W, C = x.shape
+        # A window larger than the map is the map itself (padding it would only add masked work).
+        wh, ww = min(self.window_size, H), min(self.window_size, W)
+        if (wh, ww) == (H, W):
+            return self.attend(x)
+        pad_h, pad_w = -H % wh, -W % ww
+        key_valid = None
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            token_valid = x.new_zeros((1, H + pad_h, W + pad_w, 1), dtype=torch.bool)
+            token_valid[:, :H, :W] = True
+            token_valid = window_partition(token_valid, wh, ww).squeeze(-1)  # (nW, wh, ww)
+            r = self.sr_ratio
+            # A reduced position is real iff the first token of its stride cell is real.
+            key_valid = token_valid[:, ::r, ::r].repeat(B, 1, 1)
+        out = self.attend(window_partition(x, wh, ww), key_valid)
+        out = window_reverse(out, B, H + pad_h, W + pad_w)
+        return out[:, :H, :W] if (pad_h or pad_w) else out
+
+    def attend(self, x: torch.Tensor, key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """EMSAv2 over whole (B, H, W, C) maps; ``key_valid`` (B, h, w) masks padded keys."""
+        B, H, W, C = x.shape
+        heads, head_dims = self.num_heads, C // self.num_heads
+        q = self.q(x).reshape(B, H * W, heads, head_dims).transpose(1, 2)
+        if self.sr_ratio > 1:
+            x = self.sr_norm(self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        h, w = x.shape[1:3]
+        k, v = self.kv(x).chunk(2, dim=-1)  # (B, h, w, C) each
+        attn_mask = None
+        if key_valid is not None:
+            v = v * key_valid.unsqueeze(-1).to(v.dtype)
+            attn_mask = key_valid.reshape(B, 1, 1, h * w)
+
+        # Up branch: (B, C, h, w) -> (B, C, r*h, r*w), cropped to the query map when H or W is
+        # not a multiple of r (the reduction rounded up).
+        up = self.up(v.permute(0, 3, 1, 2))[:, :, :H, :W]
+        up = self.up_norm(up.permute(0, 2, 3, 1))
+
+        k = k.reshape(B, h * w, heads, head_dims).transpose(1, 2)
+        v = v.reshape(B, h * w, heads, head_dims).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(B, H, W, C)
+        return self.proj(out + up)

@@ -1,0 +1,97 @@
+"""Small building blocks of ResTv2: pixel attention, the stem, patch embedding, MLP.
+
+Convolutional pieces work on (B, C, H, W) maps; everything that a stage passes between blocks
+is kept as (B, H, W, C) so LayerNorm and Linear layers act on the last dimension without copies.
+"""
+import torch
+import torch.nn as nn
+
+
+def _ln(dims: int) -> nn.LayerNorm:
+    # Every LayerNorm of ResTv2 uses eps=1e-6 (the released checkpoints were trained with it).
+    return nn.LayerNorm(dims, eps=1e-6)
+
+
+class PixelAttention(nn.Module):
+    """PA, ResTv2's positional encoding: ``x * sigmoid(dwconv3x3(x))`` on (B, C, H, W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.pa_conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.pa_conv(x))
+
+
+class ConvStem(nn.Module):
+    """Stride-4 stem: (B, 3, H, W) -> (B, ceil(H/4), ceil(W/4), C).
+
+    conv3x3 s2 -> BN -> ReLU -> conv3x3 s2 -> BN -> ReLU -> conv1x1, then PA and LayerNorm.
+    Module names follow the official checkpoint (``proj.0`` ... ``proj.6``, ``pos``, ``norm``).
+    """
+
+    def __init__(self, in_channels: int, embed_dims: int):
+        super().__init__()
+        hidden = embed_dims // 2
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, embed_dims, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(embed_dims),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(embed_dims, embed_dims, 1),
+        )
+        self.pos = PixelAttention(embed_dims)
+        self.norm = _ln(embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pos(self.proj(x))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class PatchEmbed(nn.Module):
+    """Stride-2 downsampling between stages: (B, H, W, Cin) -> (B, ceil(H/2), ceil(W/2), Cout)."""
+
+    def __init__(self, in_dims: int, out_dims: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_dims, out_dims, 3, stride=2, padding=1)
+        self.pos = PixelAttention(out_dims)
+        self.norm = _ln(out_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pos(self.proj(x.permute(0, 3, 1, 2)))
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear over the last dimension."""
+
+    def __init__(self, dims: int, hidden_dims: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dims, hidden_dims)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dims, dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class ResidualDWConv(nn.Module):
+    """CWin's cross-window mixer: ``x + dwconv7x7(x)`` on (B, H, W, C).
+
+    Starts at zero so that loading ImageNet weights into a CWin backbone changes nothing until
+    fine-tuning moves it.
+    """
+
+    def __init__(self, dims: int, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(dims, dims, kernel_size, padding=kernel_size // 2, groups=dims)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

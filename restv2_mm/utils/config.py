@@ -1,0 +1,36 @@
+"""Config helpers shared by the tools."""
+import os.path as osp
+
+from mmengine.config import Config
+
+from ..models.restv2 import missing_weights_message
+
+SCOPES = ('mmdet', 'mmseg')
+
+
+def config_scope(cfg: Config) -> str:
+    """The library a config belongs to, from its ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'config default_scope must be one of {SCOPES}, got {scope!r}')
+    return scope
+
+
+def _backbone_cfgs(node):
+    if isinstance(node, dict):
+        if node.get('type') == 'ResTv2':
+            yield node
+        for value in node.values():
+            yield from _backbone_cfgs(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _backbone_cfgs(value)
+
+
+def check_pretrained_weights(cfg: Config) -> None:
+    """Raise before anything is built if a ResTv2 ``Pretrained`` checkpoint file is missing."""
+    for backbone in _backbone_cfgs(cfg.get('model', {})):
+        init_cfg = backbone.get('init_cfg') or {}
+        path = init_cfg.get('checkpoint') if init_cfg.get('type') == 'Pretrained' else None
+        if path is not None and '://' not in str(path) and not osp.isfile(path):
+            raise FileNotFoundError(missing_weights_message(path))

@@ -1,0 +1,101 @@
+"""Test (and evaluate) a detector or segmentor checkpoint; the mm-standard flags.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR] [--show-dir DIR]
+        [--tta] [--cfg-options k=v ...] [--launcher pytorch]
+
+Detection: ``--out results.pkl`` dumps the predictions. Segmentation: ``--out DIR`` writes the
+predicted label maps. ``--tta`` swaps in the config's ``tta_model`` and ``tta_pipeline`` (for
+ADE20K: ratios 0.5-1.75 of 2048x512, each flipped).
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import restv2_mm  # noqa: F401
+from restv2_mm.utils import config_scope
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='detection: a .pkl to dump predictions to; '
+                        'segmentation: a directory for the predicted label maps')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='directory to save drawn predictions in')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds between --show images')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation from the config')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def enable_visualization(cfg, args, scope):
+    if 'visualization' not in cfg.default_hooks:
+        raise RuntimeError('--show/--show-dir need a `visualization` hook in default_hooks')
+    hook = cfg.default_hooks.visualization
+    hook.draw = True
+    if args.show:
+        hook.show = True
+        hook.wait_time = args.wait_time
+    if args.show_dir:
+        if scope == 'mmdet':
+            hook.test_out_dir = args.show_dir
+        else:
+            cfg.visualizer.save_dir = args.show_dir
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = config_scope(cfg)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    cfg.load_from = args.checkpoint
+    # The checkpoint holds every weight: the ImageNet file is not needed to test.
+    if isinstance(cfg.model.get('backbone'), dict):
+        cfg.model.backbone.init_cfg = None
+
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args, scope)
+
+    if args.tta:
+        missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+        if missing:
+            raise RuntimeError(f'--tta needs {" and ".join(missing)} in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    if scope == 'mmseg' and args.out is not None:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+
+    runner = Runner.from_cfg(cfg)
+    if scope == 'mmdet' and args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError('--out for detection must be a .pkl or .pickle file')
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
