@@ -22,7 +22,11 @@ if ! $PYTHON -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/d
 fi
 $PIP mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex
 $PIP --no-build-isolation -e "$ROOT[tests]"
+# Last, because resolving torch's requirements above pulls setuptools>=77 back in, and those no
+# longer ship pkg_resources, which mmengine's `mmdet::`/`mmseg::` config inheritance imports.
+$PIP "setuptools<70"
 $PYTHON - <<'PY'
+import pkg_resources  # noqa: F401  (mmengine resolves `mmdet::` configs with it)
 import torch, mmcv, mmengine, mmdet, mmseg, restv2_mm
 from mmcv.ops import RoIAlign  # noqa: F401  (fails if mmcv was built without ops)
 print(f'[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, '
