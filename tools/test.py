@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401
 from restv2_mm.utils import config_scope
+from restv2_mm.utils.launch import setup_cpu_distributed
 
 
 def parse_args():
@@ -87,6 +88,9 @@ def main():
     if scope == 'mmseg' and args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+
+    # `tools/dist_test.sh` on a CPU machine: gloo processes, DDP without devices.
+    setup_cpu_distributed(cfg)
 
     runner = Runner.from_cfg(cfg)
     if scope == 'mmdet' and args.out is not None:

@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch >= 2.6)
 from restv2_mm.utils import check_pretrained_weights, config_scope
+from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
 
 
 def parse_args():
@@ -73,6 +74,11 @@ def main():
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume: no checkpoint at {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
+
+    # The recipe asks for mixed precision "when a GPU is there": without CUDA, fp32 (logged).
+    use_fp32_without_cuda(cfg)
+    # `tools/dist_train.sh CONFIG N` on a CPU machine: N gloo processes, DDP without devices.
+    setup_cpu_distributed(cfg)
 
     # Fail before datasets are built, not after: a missing ImageNet file must never turn into a
     # silent from-scratch run.

@@ -1,0 +1,53 @@
+"""Runtime adjustments that tools/train.py and tools/test.py make before building a Runner.
+
+mmengine 0.10.7 assumes CUDA in two places that matter here: ``AmpOptimWrapper`` refuses to be
+built without a GPU, and the ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the
+model in DDP with ``device_ids=[LOCAL_RANK]``. Without CUDA we fall back to fp32 and to a gloo
+process group over CPU processes, which is how the multi-GPU path is exercised on CPU machines.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+
+def use_fp32_without_cuda(cfg: Config) -> bool:
+    """Swap ``AmpOptimWrapper`` for fp32 ``OptimWrapper`` when there is no GPU; True if swapped."""
+    optim_wrapper = cfg.get('optim_wrapper')
+    if not optim_wrapper or optim_wrapper.get('type') != 'AmpOptimWrapper':
+        return False
+    if torch.cuda.is_available():
+        return False
+    optim_wrapper.type = 'OptimWrapper'
+    for amp_only_key in ('loss_scale', 'dtype', 'use_fsdp'):
+        optim_wrapper.pop(amp_only_key, None)
+    print_log('No CUDA device: training in fp32 with OptimWrapper instead of the config\'s '
+              'AmpOptimWrapper (mixed precision needs a GPU).', logger='current', level=30)
+    return True
+
+
+def setup_cpu_distributed(cfg: Config) -> bool:
+    """With ``--launcher pytorch`` and no CUDA, run data-parallel over gloo on CPU processes.
+
+    Initialises the process group ourselves (mmengine would call ``torch.cuda.set_device``)
+    and builds DDP without ``device_ids``. Returns True when it applied.
+    """
+    if cfg.get('launcher', 'none') != 'pytorch' or torch.cuda.is_available():
+        return False
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    if not dist.is_initialized():
+        options = {k: v for k, v in dist_cfg.items() if k != 'backend'}
+        if 'timeout' in options:
+            import datetime
+            options['timeout'] = datetime.timedelta(seconds=options['timeout'])
+        dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                world_size=int(os.environ['WORLD_SIZE']), **options)
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
+    wrapper.setdefault('broadcast_buffers', False)
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    wrapper['device_ids'] = None  # a CPU module: DDP must not be given devices
+    cfg.model_wrapper_cfg = wrapper
+    return True
