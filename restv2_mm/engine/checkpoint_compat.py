@@ -7,13 +7,30 @@ with "Weights only load failed". Switching safety off for every file would let a
 pickle run code; instead we keep ``weights_only=True`` and allow-list exactly the types mmengine
 writes, for the duration of each load.
 """
+import inspect
 import os.path as osp
+import pickle
 from typing import Iterable, List
 
 import numpy as np
 import torch
 
 _EXTRA_GLOBALS: List[object] = []
+
+
+def _history_buffer_getattr(obj, name):
+    """``getattr`` exactly as far as mmengine's ``HistoryBuffer`` pickles it, and no further.
+
+    ``HistoryBuffer.__getstate__`` stores the class's statistics methods (``HistoryBuffer.min``,
+    ``.max``, ...), which pickle writes as ``getattr(HistoryBuffer, 'min')``; every checkpoint a
+    Runner saves holds them. The real ``getattr`` would let a crafted file walk from any allowed
+    object to arbitrary code, so only public functions defined on ``HistoryBuffer`` resolve.
+    """
+    from mmengine.logging import HistoryBuffer
+    if (obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
+            and inspect.isfunction(HistoryBuffer.__dict__.get(name))):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not allowed in a checkpoint')
 
 
 def mmengine_checkpoint_globals() -> List[object]:
@@ -23,7 +40,7 @@ def mmengine_checkpoint_globals() -> List[object]:
     numpy_dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8,
                                                 np.int16, np.int32, np.int64, np.uint8, np.bool_)]
     return [HistoryBuffer, multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
-            *numpy_dtypes, *_EXTRA_GLOBALS]
+            *numpy_dtypes, (_history_buffer_getattr, 'builtins.getattr'), *_EXTRA_GLOBALS]
 
 
 def allow_checkpoint_globals(extra: Iterable[object]) -> None:
