@@ -245,6 +245,9 @@ def test_fourier_tool_writes_a_png(tmp_path, tiny_config, image_dir):
     # one line per block
     assert sum(line.startswith('s') and 'delta log amplitude' in line
                for line in stdout.splitlines()) == sum(TINY_ARCH['depths'])
+    title = next(line for line in stdout.splitlines() if line.startswith('title: '))
+    assert 'tiny_restv2.py' in title and 'checkpoint backbone.pth' in title
+    assert '2 images from' in title and 'random' not in title
 
 
 def test_cka_tool_writes_a_png(tmp_path, tiny_config):
@@ -256,6 +259,9 @@ def test_cka_tool_writes_a_png(tmp_path, tiny_config):
     assert img.std() > 10
     assert sum(line.startswith('b') and 'CKA(up, com)' in line
                for line in stdout.splitlines()) == sum(TINY_ARCH['depths'])
+    title = next(line for line in stdout.splitlines() if line.startswith('title: '))
+    assert 'tiny_restv2.py' in title and 'randomly initialised' in title
+    assert '2 images from built-in image set' in title
 
 
 # ---------------------------------------------------------------------------------- demo

@@ -96,10 +96,10 @@ def main(argv=None):
     ax2.set_title('Which branch does the output (com) follow?')
 
     source = args.images if args.images else 'built-in image set'
-    fig.suptitle(f'ResTv2 linear CKA (paper Fig. 4): {osp.basename(args.config)}, '
-                 f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
-                 f'{args.img_size}x{args.img_size}; up to {args.max_samples} tokens per pair',
-                 fontsize=10.5)
+    title = (f'ResTv2 linear CKA (paper Fig. 4): {osp.basename(args.config)}, '
+             f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
+             f'{args.img_size}x{args.img_size}; up to {args.max_samples} tokens per pair')
+    fig.suptitle(title, fontsize=10.5)
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=110)
@@ -108,6 +108,7 @@ def main(argv=None):
         print(f'b{i + 1} ({blk}): CKA(up, com) {matrix[idx["up"] + i, idx["com"] + i]:.3f}  '
               f'CKA(attn, com) {matrix[idx["attn"] + i, idx["com"] + i]:.3f}  '
               f'CKA(up, attn) {matrix[idx["up"] + i, idx["attn"] + i]:.3f}')
+    print('title: ' + title.replace('\n', ' | '))
     print(f'wrote {args.out}')
 
 

@@ -88,15 +88,17 @@ def main(argv=None):
     ax2.set_title('Δ log amplitude per block (higher = more high-frequency)')
 
     source = args.images if args.images else 'built-in image set'
-    fig.suptitle(f'ResTv2 Fourier analysis (paper Fig. 3): {osp.basename(args.config)}, '
-                 f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
-                 f'{args.img_size}x{args.img_size}; mean over channels and images', fontsize=10.5)
+    title = (f'ResTv2 Fourier analysis (paper Fig. 3): {osp.basename(args.config)}, '
+             f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
+             f'{args.img_size}x{args.img_size}; mean over channels and images')
+    fig.suptitle(title, fontsize=10.5)
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
     for label, d in zip(labels, deltas):
         print(f'{label}: delta log amplitude {d:+.3f}')
+    print('title: ' + title.replace('\n', ' | '))
     print(f'wrote {args.out}')
 
 
