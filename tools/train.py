@@ -75,14 +75,14 @@ def main():
             raise FileNotFoundError(f'--resume: no checkpoint at {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
 
+    # Fail before datasets are built, not after: a missing ImageNet file must never turn into a
+    # silent from-scratch run.
+    check_pretrained_weights(cfg)
+
     # The recipe asks for mixed precision "when a GPU is there": without CUDA, fp32 (logged).
     use_fp32_without_cuda(cfg)
     # `tools/dist_train.sh CONFIG N` on a CPU machine: N gloo processes, DDP without devices.
     setup_cpu_distributed(cfg)
-
-    # Fail before datasets are built, not after: a missing ImageNet file must never turn into a
-    # silent from-scratch run.
-    check_pretrained_weights(cfg)
 
     if scope == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo

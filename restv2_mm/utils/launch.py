@@ -50,4 +50,6 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
     wrapper['device_ids'] = None  # a CPU module: DDP must not be given devices
     cfg.model_wrapper_cfg = wrapper
+    print_log(f'No CUDA device: data-parallel over gloo, rank {dist.get_rank()} of '
+              f'{dist.get_world_size()} CPU processes.', logger='current')
     return True
