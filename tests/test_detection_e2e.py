@@ -1,0 +1,146 @@
+"""End to end with the real tools on the tiny synthetic COCO set: train, test, resume, dist.
+
+configs/mask_rcnn_restv2_t.py runs unchanged apart from --cfg-options that shrink it (tiny images,
+fewer proposals, no ImageNet file), the same way the README's quick start does.
+"""
+import os
+import os.path as osp
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import restv2_mm
+from restv2_mm.datasets.tiny_coco import make_tiny_coco
+
+pytestmark = pytest.mark.slow
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(REPO, 'configs', 'mask_rcnn_restv2_t.py')
+IMAGE_SIZE = (160, 128)  # (W, H)
+NUM_TRAIN = 4
+
+
+@pytest.fixture(scope='module')
+def tiny_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp('tiny_coco')
+    make_tiny_coco(str(root), num_train=NUM_TRAIN, num_val=2, image_size=IMAGE_SIZE)
+    return str(root) + '/'
+
+
+def tiny_options(data_root, max_epochs, batch_size=2):
+    width, height = IMAGE_SIZE
+    val_ann = data_root + 'annotations/instances_val2017.json'
+    return [
+        'model.backbone.init_cfg=None',
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}',
+        f'val_evaluator.ann_file={val_ann}', f'test_evaluator.ann_file={val_ann}',
+        f'train_dataloader.dataset.pipeline.2.scales=[({width},{height})]',
+        f'val_dataloader.dataset.pipeline.1.scale=({width},{height})',
+        f'test_dataloader.dataset.pipeline.1.scale=({width},{height})',
+        f'train_dataloader.batch_size={batch_size}', 'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False', 'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False',
+        f'train_cfg.max_epochs={max_epochs}', 'train_cfg.val_begin=100',
+        # Warm-up over the first 4 iterations (mmengine's LinearLR: end - 1 steps): it spans
+        # the epoch boundary, so a resumed run shows whether the scheduler continued.
+        'param_scheduler.0.end=5', 'default_hooks.logger.interval=1',
+        'model.train_cfg.rcnn.sampler.num=64', 'model.train_cfg.rpn_proposal.nms_pre=200',
+        'model.train_cfg.rpn_proposal.max_per_img=100', 'model.test_cfg.rpn.nms_pre=200',
+        'model.test_cfg.rpn.max_per_img=100',
+        # An untrained detector scores below mmdet's 0.05: keep every box so mAP is computed.
+        'model.test_cfg.rcnn.score_thr=0.0',
+    ]
+
+
+def run(command, env=None, timeout=600):
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                            env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return output
+
+
+def train_log_lines(output):
+    """(epoch, iter, lr) of each 'Epoch(train) [e][i/n] ... lr: x' line."""
+    pattern = re.compile(r'Epoch\(train\)\s+\[(\d+)\]\[\s*(\d+)/\d+\].*?\blr: ([0-9.e+-]+)')
+    return [(int(e), int(i), float(lr)) for e, i, lr in pattern.findall(output)]
+
+
+def optimizer_steps(checkpoint):
+    state = restv2_mm.engine.load_local_checkpoint(checkpoint)['optimizer']['state']
+    return {int(s['step']) for s in state.values()}
+
+
+def test_train_test_resume(tiny_coco, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    iters_per_epoch = NUM_TRAIN // 2
+
+    # 1. Train one epoch.
+    out = run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir,
+               '--cfg-options', *tiny_options(tiny_coco, max_epochs=1)])
+    lines = train_log_lines(out)
+    assert [(e, i) for e, i, _ in lines] == [(1, i) for i in range(1, iters_per_epoch + 1)]
+    assert 'eta:' in out
+    assert 'training in fp32' in out  # the config's AMP falls back without CUDA, loudly
+    epoch1 = osp.join(work_dir, 'epoch_1.pth')
+    assert osp.isfile(epoch1)
+    assert optimizer_steps(epoch1) == {iters_per_epoch}
+
+    # 2. Test: COCO bbox and segm mAP, predictions dumped.
+    preds = str(tmp_path / 'preds.pkl')
+    out = run([sys.executable, 'tools/test.py', CONFIG, epoch1, '--work-dir', work_dir,
+               '--out', preds, '--cfg-options', *tiny_options(tiny_coco, max_epochs=1)])
+    assert 'Evaluating bbox' in out and 'Evaluating segm' in out
+    assert re.search(r'coco/bbox_mAP: \d', out), out[-3000:]
+    assert re.search(r'coco/segm_mAP: \d', out), out[-3000:]
+    assert osp.isfile(preds)
+
+    # 3. Resume (latest checkpoint of the work dir) up to epoch 2.
+    out = run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir, '--resume',
+               '--cfg-options', *tiny_options(tiny_coco, max_epochs=2)])
+    assert f'resumed epoch: 1, iter: {iters_per_epoch}' in out
+    lines = train_log_lines(out)
+    assert [(e, i) for e, i, _ in lines] == [(2, i) for i in range(1, iters_per_epoch + 1)]
+    # The warm-up continued at global iteration 3 (factor 0.001 + 0.999 * 2/4) instead of
+    # starting over at 0.001; the next iteration goes on from there.
+    assert lines[0][2] == pytest.approx(1e-4 * (0.001 + 0.999 * 2 / 4), rel=1e-3)
+    assert lines[1][2] == pytest.approx(1e-4 * (0.001 + 0.999 * 3 / 4), rel=1e-3)
+    epoch2 = osp.join(work_dir, 'epoch_2.pth')
+    assert osp.isfile(epoch2)
+    checkpoint = restv2_mm.engine.load_local_checkpoint(epoch2)
+    assert checkpoint['meta']['epoch'] == 2
+    assert checkpoint['meta']['iter'] == 2 * iters_per_epoch
+    assert optimizer_steps(epoch2) == {2 * iters_per_epoch}  # AdamW moments carried over
+    assert [s['_global_step'] for s in checkpoint['param_schedulers']] == [
+        2 * iters_per_epoch, 2]
+
+    # The checkpoint mmengine wrote holds nothing beyond the allow-list.
+    from test_detection import assert_only_allowed_globals
+    assert_only_allowed_globals(epoch2)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_dist_train_two_cpu_processes(tiny_coco, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    out = run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work_dir,
+               '--cfg-options', *tiny_options(tiny_coco, max_epochs=1, batch_size=1)], env=env)
+    assert 'rank 0 of 2 CPU processes' in out and 'rank 1 of 2 CPU processes' in out
+    assert 'Distributed training: True' in out
+    # 4 images, 2 processes, 1 image each per step: 2 steps per epoch (1 process: 4).
+    lines = train_log_lines(out)
+    assert [(e, i) for e, i, _ in lines] == [(1, 1), (1, 2)]
+    assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
