@@ -241,3 +241,13 @@ def test_flops_counter_calibrated_on_mmdet_swin_t():
     result = get_flops('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', shape=(800, 1280))
     assert abs(result['total'] / 1e9 - 267.0) < 0.15, result
     assert abs(result['total_without_matmul'] / 1e9 - 263.9) < 0.15, result
+
+
+def test_get_flops_dispatches_on_segmentation_scope():
+    """The same counter serves mmseg configs: a (1, 3, H, W) input through ``_forward``."""
+    config = osp.join(REPO, 'configs', 'upernet_restv2_t.py')
+    if not osp.isfile(config):
+        pytest.skip('no UperNet config in this checkout')
+    result = get_flops(config, shape=(64, 128))
+    assert result['scope'] == 'mmseg' and result['shape'] == (64, 128)
+    assert result['matmul'] > 0 and result['total'] > result['total_without_matmul']
