@@ -52,4 +52,24 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     cfg.model_wrapper_cfg = wrapper
     print_log(f'No CUDA device: data-parallel over gloo, rank {dist.get_rank()} of '
               f'{dist.get_world_size()} CPU processes.', logger='current')
+    if _sync_bn_to_bn(cfg.get('model')):
+        # torch's and mmcv's SyncBatchNorm only synchronise CUDA tensors and raise on CPU ones
+        # in training; mmengine reverts them only in non-distributed runs.
+        print_log('No CUDA device: the model\'s SyncBN layers become BN (statistics per '
+                  'process; SyncBatchNorm needs CUDA).', logger='current')
     return True
+
+
+def _sync_bn_to_bn(node) -> bool:
+    """Turn every ``norm_cfg`` of type SyncBN / MMSyncBN in a model config into BN."""
+    changed = False
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'MMSyncBN'):
+            node['type'] = 'BN'
+            changed = True
+        for value in node.values():
+            changed = _sync_bn_to_bn(value) or changed
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            changed = _sync_bn_to_bn(value) or changed
+    return changed
