@@ -142,6 +142,15 @@ def test_heads_use_syncbn_and_revert_to_bn_without_a_launcher(segmentor_t):
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
+def test_cpu_data_parallel_builds_the_heads_with_bn():
+    # SyncBatchNorm raises on CPU tensors once a process group exists (gloo runs without CUDA).
+    from restv2_mm.utils.launch import _sync_bn_to_bn
+    cfg = Config.fromfile(CONFIGS['t'])
+    assert _sync_bn_to_bn(cfg.model)
+    assert cfg.model.decode_head.norm_cfg.type == cfg.model.auxiliary_head.norm_cfg.type == 'BN'
+    assert 'SyncBN' not in str(cfg.model)
+
+
 # ----------------------------------------------------------------------------- inference
 def _sample(height, width, with_label):
     from mmengine.structures import PixelData
