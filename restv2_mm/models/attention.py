@@ -110,6 +110,36 @@ class EMSAv2(nn.Module):
 
         k = k.reshape(B, h * w, heads, head_dims).transpose(1, 2)
         v = v.reshape(B, h * w, heads, head_dims).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        splits = 1
+        if attn_mask is None and x.device.type == 'cpu' and torch.is_grad_enabled():
+            splits = query_splits(B * heads, H * W)
+        if splits > 1:
+            # Every query attends to the same keys independently, so cutting the queries into
+            # ``splits`` groups moved to the batch dimension (a view) computes the same numbers.
+            # It matters for training on CPU: the backward of PyTorch's CPU flash attention
+            # parallelises over batch x heads only; stage 1 (1 head) at 1280x800 measured 3.4x
+            # faster per EMSAv2 training step with the split, on 2 threads.
+            q = q.transpose(1, 2).reshape(B * splits, H * W // splits, heads, head_dims)
+            k = k.unsqueeze(1).expand(B, splits, heads, h * w, head_dims).flatten(0, 1)
+            v = v.unsqueeze(1).expand(B, splits, heads, h * w, head_dims).flatten(0, 1)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         return self.proj(out + up)
+
+
+def query_splits(batch_heads: int, num_queries: int, min_queries: int = 256) -> int:
+    """Query groups that give the CPU flash-attention backward enough parallel work.
+
+    1 (no split) when ``batch_heads`` >= threads; else the largest divisor of ``num_queries`` up
+    to ``ceil(4 * threads / batch_heads)`` that keeps at least ``min_queries`` queries per group.
+    """
+    threads = torch.get_num_threads()
+    if batch_heads >= threads:  # measured: no gain once every thread has a (batch, head)
+        return 1
+    want = min(-(-4 * threads // batch_heads), num_queries // min_queries)
+    for splits in range(want, 1, -1):
+        if num_queries % splits == 0:
+            return splits
+    return 1

@@ -1,0 +1,73 @@
+"""tools/benchmark.py runs end to end on tiny shapes, and the plain EMSAv2 path it times as the
+baseline computes the same function as the fast one. No timing is asserted anywhere."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import restv2_mm  # noqa: F401
+from restv2_mm.models import EMSAv2, ResTv2
+from restv2_mm.models.reference import PlainEMSAv2, to_plain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize('style, window_size', [('global', None), ('win', (24, 10, 6, 3)),
+                                                ('hwin', (24, 10, 6, 3))])
+def test_plain_path_matches_fast_path(style, window_size):
+    torch.manual_seed(0)
+    fast = ResTv2('tiny', attn_style=style, window_size=window_size)
+    fast.init_weights()
+    fast.eval()
+    plain = to_plain(fast)
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    assert {type(m) for m in plain.modules() if isinstance(m, EMSAv2)} == {PlainEMSAv2}
+    assert {type(m) for m in fast.modules() if isinstance(m, EMSAv2)} == {EMSAv2}
+    x = torch.randn(1, 3, 97, 131)  # padding in every stage for the window styles
+    with torch.no_grad():
+        for a, b in zip(fast(x), plain(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_plain_attend_with_key_mask_matches_fast():
+    torch.manual_seed(0)
+    attn = EMSAv2(32, num_heads=2, sr_ratio=2).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    plain = to_plain(attn)
+    x = torch.randn(3, 8, 6, 32)
+    key_valid = torch.rand(3, 4, 3) > 0.3
+    key_valid[:, 0, 0] = True
+    with torch.no_grad():
+        torch.testing.assert_close(plain.attend(x, key_valid), attn.attend(x, key_valid),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_smoke_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, str(ROOT / 'tools' / 'benchmark.py'), '--shape', '64', '64',
+           '--warmup', '1', '--iters', '2', '--threads', '1', '--modes', 'infer', 'mem-train',
+           '--models', 'restv2', 'restv2-plain', 'swin-t', '--quiet', '--json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '| candidate' in proc.stdout  # the table is printed too
+    report = json.loads(out.read_text())
+    assert set(report) >= {'environment', 'settings', 'results', 'ratios', 'max_abs_diff'}
+    assert report['environment']['threads'] == 1
+    assert report['settings']['shape'] == [64, 64] and report['settings']['baseline'] == 'swin-t'
+    rows = {r['name']: r for r in report['results']}
+    assert set(rows) == {'restv2', 'restv2-plain', 'swin-t'}
+    for row in rows.values():
+        assert len(row['infer']['times_ms']) == 2
+        assert row['infer']['median_ms'] > 0 and row['infer']['img_per_s'] > 0
+        assert row['mem-train']['peak_mib'] > 0
+    for mode in ('infer', 'mem-train'):
+        ratios = report['ratios'][mode]
+        assert set(ratios) == {'restv2/swin-t', 'restv2-plain/swin-t', 'restv2/restv2-plain'}
+        value = 'median_ms' if mode == 'infer' else 'peak_mib'
+        assert ratios['restv2/swin-t'] == pytest.approx(
+            rows['restv2'][mode][value] / rows['swin-t'][mode][value])
+    assert report['max_abs_diff']['restv2/restv2-plain'] < 1e-3
