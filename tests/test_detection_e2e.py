@@ -55,7 +55,7 @@ def tiny_options(data_root, max_epochs, batch_size=2):
         'model.train_cfg.rpn_proposal.max_per_img=100', 'model.test_cfg.rpn.nms_pre=200',
         'model.test_cfg.rpn.max_per_img=100',
         # An untrained detector scores below mmdet's 0.05: keep every box so mAP is computed.
-        'model.test_cfg.rcnn.score_thr=0.0',
+        'model.test_cfg.rcnn.score_thr=0.0', 'model.test_cfg.rcnn.max_per_img=20',
     ]
 
 
