@@ -9,12 +9,12 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch >= 2.6)
-from restv2_mm.utils import check_pretrained_weights, config_scope
+from restv2_mm.utils import check_pretrained_weights, load_tool_config
 from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
 
 
@@ -41,16 +41,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    scope = config_scope(cfg)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg, scope = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
 
     if args.amp:
         optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')

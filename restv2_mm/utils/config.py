@@ -1,11 +1,31 @@
 """Config helpers shared by the tools."""
 import os.path as osp
+from typing import Optional, Tuple
 
 from mmengine.config import Config
 
 from ..models.restv2 import missing_weights_message
 
 SCOPES = ('mmdet', 'mmseg')
+
+
+def load_tool_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
+                     work_dir: Optional[str] = None) -> Tuple[Config, str]:
+    """What tools/train.py and tools/test.py both do first: read the config, apply
+    ``--launcher``/``--cfg-options``/``--work-dir`` (default ``./work_dirs/<config name>``).
+
+    Returns the config and its scope ('mmdet' or 'mmseg').
+    """
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    scope = config_scope(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg, scope
 
 
 def config_scope(cfg: Config) -> str:
