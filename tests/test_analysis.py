@@ -1,6 +1,6 @@
 """Fourier / CKA analysis (paper Figures 3 and 4) and the image demo."""
 import math
-import os
+
 import os.path as osp
 import subprocess
 import sys

@@ -30,6 +30,25 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+def add_analysis_arguments(parser, seed_help: str = 'seed of the random initialisation'):
+    """The command-line arguments every figure tool of tools/analysis/ shares."""
+    from mmengine.config import DictAction
+    parser.add_argument('config', help='config with a ResTv2 model.backbone')
+    parser.add_argument('--checkpoint', help='backbone, converted, official or detector/segmentor '
+                        'checkpoint; without it the weights are random')
+    parser.add_argument('--images', help='directory of images (default: the built-in set)')
+    parser.add_argument('--num-images', type=int, default=None,
+                        help='images to use (default: all in --images, 16 built-in)')
+    parser.add_argument('--img-size', type=int, default=224,
+                        help='images are resized to this square')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--seed', type=int, default=0, help=seed_help)
+    parser.add_argument('--out', required=True, help='output figure (.png)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    return parser
+
+
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:

@@ -20,32 +20,22 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from restv2_mm.analysis import (branch_cka_matrix, build_backbone, collect_branch_outputs,  # noqa
-                                describe_weights, load_images, preprocess)
+from restv2_mm.analysis import (add_analysis_arguments, branch_cka_matrix,  # noqa: E402
+                                build_backbone, collect_branch_outputs, describe_weights,
+                                load_images, preprocess)
 from restv2_mm.analysis.cka import KINDS  # noqa: E402
 from restv2_mm.analysis.features import short_block_labels  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Linear CKA between the EMSAv2 branches (Figure 4)')
-    p.add_argument('config', help='config with a ResTv2 model.backbone')
-    p.add_argument('--checkpoint', help='backbone, converted, official or detector/segmentor '
-                   'checkpoint; without it the weights are random')
-    p.add_argument('--images', help='directory of images (default: the built-in set)')
-    p.add_argument('--num-images', type=int, default=None,
-                   help='images to use (default: all in --images, 16 built-in)')
-    p.add_argument('--img-size', type=int, default=224, help='images are resized to this square')
-    p.add_argument('--batch-size', type=int, default=8)
+    add_analysis_arguments(p, seed_help='seed of the initialisation and sampling')
     p.add_argument('--max-samples', type=int, default=4096,
                    help='tokens per comparison (a fixed random subset)')
     p.add_argument('--debiased', action='store_true',
                    help='unbiased HSIC estimator (less bias when tokens are few against channels)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the initialisation and sampling')
-    p.add_argument('--out', required=True, help='output figure (.png)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
     return p.parse_args(argv)
 
 

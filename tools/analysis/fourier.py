@@ -20,28 +20,17 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from restv2_mm.analysis import (build_backbone, collect_block_outputs, delta_log_amplitude,  # noqa
-                                describe_weights, load_images, preprocess,
-                                relative_log_amplitude)
+from restv2_mm.analysis import (add_analysis_arguments, build_backbone,  # noqa: E402
+                                collect_block_outputs, delta_log_amplitude, describe_weights,
+                                load_images, preprocess, relative_log_amplitude)
 from restv2_mm.analysis.features import short_block_labels  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description='Fourier analysis of ResTv2 feature maps (Figure 3)')
-    p.add_argument('config', help='config with a ResTv2 model.backbone')
-    p.add_argument('--checkpoint', help='backbone, converted, official or detector/segmentor '
-                   'checkpoint; without it the weights are random')
-    p.add_argument('--images', help='directory of images (default: the built-in set)')
-    p.add_argument('--num-images', type=int, default=None,
-                   help='images to use (default: all in --images, 16 built-in)')
-    p.add_argument('--img-size', type=int, default=224, help='images are resized to this square')
-    p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--seed', type=int, default=0, help='seed of the random initialisation')
-    p.add_argument('--out', required=True, help='output figure (.png)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
+    add_analysis_arguments(p)
     return p.parse_args(argv)
 
 
