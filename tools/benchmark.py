@@ -40,12 +40,10 @@ Example (the README's numbers)::
     python tools/benchmark.py --models restv2 --styles global win cwin hwin --modes infer mem-train --flops
 """
 import argparse
-import copy
 import ctypes
 import datetime
 import json
 import logging
-import os
 import os.path as osp
 import platform
 import statistics
