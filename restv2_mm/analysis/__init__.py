@@ -6,11 +6,11 @@ outputs with forward hooks; ``images``: the built-in, download-free image set. T
 front ends are ``tools/analysis/fourier.py`` and ``tools/analysis/cka.py``.
 """
 from .cka import branch_cka_matrix, linear_cka
-from .features import (add_analysis_arguments, build_backbone, collect_block_outputs, collect_branch_outputs,
-                       describe_weights, preprocess)
+from .features import (add_analysis_arguments, build_backbone, collect_block_outputs,
+                       collect_branch_outputs, describe_weights, preprocess, save_titled_figure)
 from .fourier import delta_log_amplitude, relative_log_amplitude
 from .images import builtin_images, load_images
 
 __all__ = ['add_analysis_arguments', 'branch_cka_matrix', 'linear_cka', 'build_backbone', 'collect_block_outputs',
            'collect_branch_outputs', 'describe_weights', 'preprocess', 'delta_log_amplitude',
-           'relative_log_amplitude', 'builtin_images', 'load_images']
+           'relative_log_amplitude', 'builtin_images', 'load_images', 'save_titled_figure']

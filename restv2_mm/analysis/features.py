@@ -49,6 +49,21 @@ def add_analysis_arguments(parser, seed_help: str = 'seed of the random initiali
     return parser
 
 
+def save_titled_figure(fig, heading: str, args, num_images: int, detail: str) -> str:
+    """Give a figure tool's figure the title that names config, weights and images; save it to
+    ``args.out`` and close it. Returns the title."""
+    import matplotlib.pyplot as plt
+    source = args.images if args.images else 'built-in image set'
+    title = (f'{heading}: {os.path.basename(args.config)}, {describe_weights(args.checkpoint)}\n'
+             f'{num_images} images from {source}, {args.img_size}x{args.img_size}; {detail}')
+    fig.suptitle(title, fontsize=10.5)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    plt.close(fig)
+    return title
+
+
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:

@@ -10,7 +10,6 @@ coarser grid). Right: the three within-module similarities per block. Without --
 backbone is randomly initialised, and the title says so.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -23,8 +22,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from restv2_mm.analysis import (add_analysis_arguments, branch_cka_matrix,  # noqa: E402
-                                build_backbone, collect_branch_outputs, describe_weights,
-                                load_images, preprocess)
+                                build_backbone, collect_branch_outputs,
+                                load_images, preprocess, save_titled_figure)
 from restv2_mm.analysis.cka import KINDS  # noqa: E402
 from restv2_mm.analysis.features import short_block_labels  # noqa: E402
 
@@ -85,15 +84,8 @@ def main(argv=None):
     ax2.legend(loc='best')
     ax2.set_title('Which branch does the output (com) follow?')
 
-    source = args.images if args.images else 'built-in image set'
-    title = (f'ResTv2 linear CKA (paper Fig. 4): {osp.basename(args.config)}, '
-             f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
-             f'{args.img_size}x{args.img_size}; up to {args.max_samples} tokens per pair')
-    fig.suptitle(title, fontsize=10.5)
-    fig.tight_layout()
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    plt.close(fig)
+    title = save_titled_figure(fig, 'ResTv2 linear CKA (paper Fig. 4)', args, len(images),
+                               f'up to {args.max_samples} tokens per pair')
     for i, blk in enumerate(blocks):
         print(f'b{i + 1} ({blk}): CKA(up, com) {matrix[idx["up"] + i, idx["com"] + i]:.3f}  '
               f'CKA(attn, com) {matrix[idx["attn"] + i, idx["com"] + i]:.3f}  '

@@ -10,7 +10,6 @@ block. Without --checkpoint the backbone is randomly initialised, and the title 
 --images the built-in image set (restv2_mm.analysis.images) is used.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -23,8 +22,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from restv2_mm.analysis import (add_analysis_arguments, build_backbone,  # noqa: E402
-                                collect_block_outputs, delta_log_amplitude, describe_weights,
-                                load_images, preprocess, relative_log_amplitude)
+                                collect_block_outputs, delta_log_amplitude,
+                                load_images, preprocess, relative_log_amplitude,
+                                save_titled_figure)
 from restv2_mm.analysis.features import short_block_labels  # noqa: E402
 
 
@@ -76,15 +76,8 @@ def main(argv=None):
     ax2.grid(alpha=0.3)
     ax2.set_title('Δ log amplitude per block (higher = more high-frequency)')
 
-    source = args.images if args.images else 'built-in image set'
-    title = (f'ResTv2 Fourier analysis (paper Fig. 3): {osp.basename(args.config)}, '
-             f'{describe_weights(args.checkpoint)}\n{len(images)} images from {source}, '
-             f'{args.img_size}x{args.img_size}; mean over channels and images')
-    fig.suptitle(title, fontsize=10.5)
-    fig.tight_layout()
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    plt.close(fig)
+    title = save_titled_figure(fig, 'ResTv2 Fourier analysis (paper Fig. 3)', args, len(images),
+                               'mean over channels and images')
     for label, d in zip(labels, deltas):
         print(f'{label}: delta log amplitude {d:+.3f}')
     print('title: ' + title.replace('\n', ' | '))
