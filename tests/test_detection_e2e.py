@@ -144,3 +144,12 @@ def test_dist_train_two_cpu_processes(tiny_coco, tmp_path):
     lines = train_log_lines(out)
     assert [(e, i) for e, i, _ in lines] == [(1, 1), (1, 2)]
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+
+    # The distributed checkpoint tests with tools/dist_test.sh, 2 processes sharing the 2 images.
+    env['MASTER_PORT'] = str(free_port())
+    out = run(['bash', 'tools/dist_test.sh', CONFIG, osp.join(work_dir, 'epoch_1.pth'), '2',
+               '--work-dir', str(tmp_path / 'test'),
+               '--cfg-options', *tiny_options(tiny_coco, max_epochs=1)], env=env)
+    assert 'rank 0 of 2 CPU processes' in out and 'Distributed training: True' in out
+    # [1/1]: each process tested one of the 2 images (one process alone would show [2/2]).
+    assert re.search(r'Epoch\(test\) \[1/1\].*coco/bbox_mAP: [-\d.]+.*coco/segm_mAP: [-\d.]+', out)
