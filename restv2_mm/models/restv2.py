@@ -18,6 +18,11 @@ from .layers import ConvStem, Mlp, PatchEmbed, ResidualDWConv
 ATTN_STYLES = ('global', 'win', 'cwin', 'hwin')
 
 
+def pretrained_file_missing(path) -> bool:
+    """True when ``init_cfg.checkpoint`` names no local file (URIs are left to the loader)."""
+    return not path or ('://' not in str(path) and not os.path.isfile(path))
+
+
 def missing_weights_message(path) -> str:
     """What to do when ``init_cfg.checkpoint`` points at no file."""
     return (f'ResTv2 ImageNet weights not found at {path!r} (model.backbone.init_cfg.checkpoint). '
@@ -233,7 +238,7 @@ class ResTv2(BaseModule):
                 super().init_weights()
             return
         path = self.init_cfg.get('checkpoint')
-        if not path or ('://' not in str(path) and not os.path.isfile(path)):
+        if pretrained_file_missing(path):
             raise FileNotFoundError(missing_weights_message(path))
         self._init_from_scratch()  # output norms and CWin convs are not in the checkpoint
         state_dict = backbone_state_dict(load_checkpoint_file(path),

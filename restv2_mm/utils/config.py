@@ -1,10 +1,10 @@
 """Config helpers shared by the tools."""
 import os.path as osp
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from mmengine.config import Config
 
-from ..models.restv2 import missing_weights_message
+from ..models.restv2 import missing_weights_message, pretrained_file_missing
 
 SCOPES = ('mmdet', 'mmseg')
 
@@ -36,21 +36,22 @@ def config_scope(cfg: Config) -> str:
     return scope
 
 
-def _backbone_cfgs(node):
+def iter_config_dicts(node) -> Iterator[dict]:
+    """Every dict inside a nested config (dicts, lists and tuples), ``node`` itself first."""
     if isinstance(node, dict):
-        if node.get('type') == 'ResTv2':
-            yield node
+        yield node
         for value in node.values():
-            yield from _backbone_cfgs(value)
+            yield from iter_config_dicts(value)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            yield from _backbone_cfgs(value)
+            yield from iter_config_dicts(value)
 
 
 def check_pretrained_weights(cfg: Config) -> None:
     """Raise before anything is built if a ResTv2 ``Pretrained`` checkpoint file is missing."""
-    for backbone in _backbone_cfgs(cfg.get('model', {})):
+    backbones = (d for d in iter_config_dicts(cfg.get('model', {})) if d.get('type') == 'ResTv2')
+    for backbone in backbones:
         init_cfg = backbone.get('init_cfg') or {}
         path = init_cfg.get('checkpoint') if init_cfg.get('type') == 'Pretrained' else None
-        if path is not None and '://' not in str(path) and not osp.isfile(path):
+        if path is not None and pretrained_file_missing(path):
             raise FileNotFoundError(missing_weights_message(path))

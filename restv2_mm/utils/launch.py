@@ -12,6 +12,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from .config import iter_config_dicts
+
 
 def use_fp32_without_cuda(cfg: Config) -> bool:
     """Swap ``AmpOptimWrapper`` for fp32 ``OptimWrapper`` when there is no GPU; True if swapped."""
@@ -60,16 +62,11 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
-def _sync_bn_to_bn(node) -> bool:
+def _sync_bn_to_bn(model_cfg) -> bool:
     """Turn every ``norm_cfg`` of type SyncBN / MMSyncBN in a model config into BN."""
     changed = False
-    if isinstance(node, dict):
+    for node in iter_config_dicts(model_cfg):
         if node.get('type') in ('SyncBN', 'MMSyncBN'):
             node['type'] = 'BN'
             changed = True
-        for value in node.values():
-            changed = _sync_bn_to_bn(value) or changed
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            changed = _sync_bn_to_bn(value) or changed
     return changed
