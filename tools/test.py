@@ -1,11 +1,13 @@
 """Test (and evaluate) a detector or segmentor checkpoint; the mm-standard flags.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR] [--show-dir DIR]
-        [--tta] [--cfg-options k=v ...] [--launcher pytorch]
+        [--tta] [--amp] [--cfg-options k=v ...] [--launcher pytorch]
 
 Detection: ``--out results.pkl`` dumps the predictions. Segmentation: ``--out DIR`` writes the
 predicted label maps. ``--tta`` swaps in the config's ``tta_model`` and ``tta_pipeline`` (for
-ADE20K: ratios 0.5-1.75 of 2048x512, each flipped).
+ADE20K: ratios 0.5-1.75 of 2048x512, each flipped). ``--amp`` runs the model under autocast
+(bfloat16 on CPU, float16 on CUDA; restv2_mm.utils.amp: NMS, RoIAlign and the heads'
+post-processing stay in float32) and prints the dtype it uses.
 """
 import argparse
 import os
@@ -30,6 +32,8 @@ def parse_args():
     parser.add_argument('--show-dir', help='directory to save drawn predictions in')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds between --show images')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation from the config')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision inference: autocast in bfloat16 (CPU) / float16 (CUDA)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -84,6 +88,10 @@ def main():
     setup_cpu_distributed(cfg)
 
     runner = Runner.from_cfg(cfg)
+    if args.amp:
+        from restv2_mm.utils.amp import describe_amp, enable_amp_inference, model_device_type
+        enable_amp_inference(runner.model)
+        runner.logger.info(describe_amp(model_device_type(runner.model)))
     if scope == 'mmdet' and args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError('--out for detection must be a .pkl or .pickle file')
