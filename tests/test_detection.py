@@ -87,6 +87,10 @@ def test_params_match_table3(name):
     assert abs(params - target) / target < 0.005, f'{params / 1e6:.3f}M vs {target / 1e6}M'
 
 
+# The release's Detectron2 training augmentation: shorter sides, longer side at most 1333.
+RELEASE_SHORTER_SIDES = (480, 512, 534, 576, 640, 672, 704, 736, 768, 800)
+
+
 @pytest.mark.parametrize('name', list(CONFIGS))
 def test_recipe_is_the_released_3x_one(name):
     cfg = Config.fromfile(CONFIGS[name])
@@ -95,38 +99,103 @@ def test_recipe_is_the_released_3x_one(name):
     optim = cfg.optim_wrapper
     assert optim.type == 'AmpOptimWrapper'
     assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
-    assert optim.paramwise_cfg.norm_decay_mult == 0
-    assert optim.paramwise_cfg.custom_keys['pa_conv'] == dict(decay_mult=0.)
+    assert optim.clip_grad == dict(max_norm=0.01, norm_type=2)
+    assert optim.paramwise_cfg == dict(norm_decay_mult=0.)  # no exemption of PA convs or biases
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 16
-    assert cfg.train_cfg.max_epochs == 36
-    multistep = [s for s in cfg.param_scheduler if s.type == 'MultiStepLR'][0]
-    assert multistep.milestones == [27, 33] and multistep.end == 36
-    resize = cfg.train_dataloader.dataset.pipeline[2]
-    assert resize.type == 'RandomChoiceResize' and resize.keep_ratio
-    assert {long for long, _ in resize.scales} == {1333}
-    shorts = [short for _, short in resize.scales]
-    assert min(shorts) == 480 and max(shorts) == 800
+    assert cfg.train_cfg.type == 'EpochBasedTrainLoop' and cfg.train_cfg.max_epochs == 36
+    warmup, multistep = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.by_epoch, warmup.end) == \
+        ('LinearLR', 0.001, False, 1000)
+    # The release's steps at iterations 210k and 250k (of 270k) at 16 images per batch.
+    assert multistep.type == 'MultiStepLR' and multistep.by_epoch is False
+    assert multistep.milestones == [210000, 250000] and multistep.gamma == 0.1
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t.type for t in pipeline] == ['LoadImageFromFile', 'LoadAnnotations', 'RandomCrop',
+                                          'RandomChoiceResize', 'RandomFlip', 'PackDetInputs']
+    crop, resize = pipeline[2], pipeline[3]
+    assert (crop.crop_type, crop.crop_size, crop.recompute_bbox) == ('relative', (0.9, 0.9), True)
+    assert resize.keep_ratio
+    assert resize.scales == [(1333, short) for short in RELEASE_SHORTER_SIDES]
     init_cfg = cfg.model.backbone.init_cfg
     assert init_cfg.type == 'Pretrained'
     arch = cfg.model.backbone.arch
     assert init_cfg.checkpoint == f'checkpoints/restv2_{arch}_224.pth'
 
 
-def test_no_weight_decay_on_norms_and_pixel_attention():
+@pytest.fixture(scope='module')
+def built_detector_optimizer_t():
+    """configs/mask_rcnn_restv2_t.py's optimizer wrapper built on its real model, as
+    tools/train.py builds it without CUDA (fp32 OptimWrapper, the same param groups)."""
     from mmengine.optim import build_optim_wrapper
+    from restv2_mm.utils.launch import use_fp32_without_cuda
     cfg, model = build_detector('t')
-    optim_cfg = cfg.optim_wrapper.copy()
-    optim_cfg.type = 'OptimWrapper'  # AMP needs CUDA; the param groups are the same
-    optim_cfg.pop('loss_scale')
-    optimizer = build_optim_wrapper(model, optim_cfg).optimizer
-    decay = {id(p): group['weight_decay'] for group in optimizer.param_groups
+    use_fp32_without_cuda(cfg)
+    return model, build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def test_no_weight_decay_on_norms_and_pixel_attention(built_detector_optimizer_t):
+    """Built from the config: decay on everything (PA convs and biases too) except norms."""
+    model, optim_wrapper = built_detector_optimizer_t
+    decay = {id(p): group['weight_decay'] for group in optim_wrapper.optimizer.param_groups
              for p in group['params']}
+    assert len(decay) == len(list(model.parameters()))
+    norm_types = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+    norm_params = {id(p) for m in model.modules() if isinstance(m, norm_types)
+                   for p in m.parameters(recurse=False)}
+    assert norm_params
+    for name, param in model.named_parameters():
+        assert decay[id(param)] == (0. if id(param) in norm_params else 0.05), name
     params = dict(model.named_parameters())
-    assert decay[id(params['backbone.stem.pos.pa_conv.weight'])] == 0
+    assert decay[id(params['backbone.stem.pos.pa_conv.weight'])] == 0.05
+    assert decay[id(params['backbone.stem.pos.pa_conv.bias'])] == 0.05
+    assert decay[id(params['backbone.stages.1.downsample.pos.pa_conv.weight'])] == 0.05
+    assert decay[id(params['backbone.stages.0.blocks.0.attn.q.bias'])] == 0.05
     assert decay[id(params['backbone.stages.0.blocks.0.norm1.weight'])] == 0
     assert decay[id(params['backbone.stem.proj.1.weight'])] == 0  # BatchNorm
-    assert decay[id(params['backbone.stages.0.blocks.0.attn.q.weight'])] == 0.05
-    assert decay[id(params['neck.lateral_convs.0.conv.weight'])] == 0.05
+    assert decay[id(params['backbone.norm3.bias'])] == 0  # output norm
+    assert {group['lr'] for group in optim_wrapper.optimizer.param_groups} == {1e-4}
+
+
+def test_gradients_clipped_to_0_01_over_the_whole_model(built_detector_optimizer_t):
+    model, optim_wrapper = built_detector_optimizer_t
+    assert optim_wrapper.clip_grad_kwargs == dict(max_norm=0.01, norm_type=2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i, param in enumerate(params):
+        param.grad = torch.full_like(param, 1. + i % 3)
+    optim_wrapper._clip_grad()
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.double())
+                                                  for p in params]))
+    # One norm over all parameters (per-tensor clipping would leave sqrt(#tensors) x 0.01).
+    assert abs(total.item() / 0.01 - 1) < 1e-3
+    optim_wrapper.zero_grad()
+
+
+def test_train_pipeline_crops_0_9_then_resizes_shorter_side(tmp_path):
+    """The config's real train dataset on tiny COCO images (W x H = 320 x 256): a 288 x 230
+    window with its masks and boxes, then the shorter side resized to one of the release's."""
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+    from restv2_mm.datasets.tiny_coco import make_tiny_coco
+    register_all_modules(init_default_scope=True)
+    make_tiny_coco(str(tmp_path), num_train=2, num_val=1, image_size=(320, 256), seed=0)
+    dataset_cfg = Config.fromfile(CONFIGS['t']).train_dataloader.dataset
+    dataset_cfg.data_root = f'{tmp_path}/'
+    full_pipeline = dataset_cfg.pipeline
+
+    dataset_cfg.pipeline = full_pipeline[:3]  # load, annotations, crop
+    cropped = DATASETS.build(dataset_cfg)[0]
+    assert cropped['img'].shape[:2] == (230, 288)
+    masks, boxes = cropped['gt_masks'], cropped['gt_bboxes']
+    assert (masks.height, masks.width) == (230, 288) and len(masks) == len(boxes) > 0
+    assert torch.equal(boxes.tensor, masks.get_bboxes(type(boxes)).tensor)  # from the masks
+
+    dataset_cfg.pipeline = full_pipeline
+    dataset = DATASETS.build(dataset_cfg)
+    for _ in range(8):
+        sample = dataset[0]
+        height, width = sample['inputs'].shape[-2:]
+        assert height in RELEASE_SHORTER_SIDES and width == round(288 * height / 230)
+        assert sample['data_samples'].gt_instances.masks.height == height
 
 
 @pytest.mark.parametrize('name', ['t', 's'])
