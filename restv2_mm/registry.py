@@ -1,27 +1,45 @@
-"""Registry glue: the one ResTv2 class goes into MMDetection's and MMSegmentation's MODELS.
+"""Registry glue: one class each goes into MMDetection's and MMSegmentation's registries.
 
-Either library may be absent; the backbone then registers where it can.
+- ``ResTv2`` (the backbone) into ``MODELS``;
+- ``ResTv2LearningRateDecayOptimizerConstructor`` into ``OPTIM_WRAPPER_CONSTRUCTORS``.
+
+Either library may be absent; a class then registers where it can.
 """
 import importlib
 from typing import List
 
 from .models import ResTv2
+from .optim import ResTv2LearningRateDecayOptimizerConstructor
 
 _SCOPES = ('mmdet', 'mmseg')
 
 
-def register_backbone() -> List[str]:
-    """Register :class:`ResTv2` as ``type='ResTv2'``; returns the scopes it is registered in."""
+def _register(registry_name: str, name: str, cls: type) -> List[str]:
+    """Register ``cls`` as ``name`` in ``<scope>.registry.<registry_name>``; returns the scopes."""
     scopes = []
     for scope in _SCOPES:
         try:
-            models = importlib.import_module(f'{scope}.registry').MODELS
+            registry = getattr(importlib.import_module(f'{scope}.registry'), registry_name)
         except ImportError:
             continue
-        existing = models.module_dict.get('ResTv2')
+        existing = registry.module_dict.get(name)
         if existing is None:
-            models.register_module(name='ResTv2', module=ResTv2)
-        elif existing is not ResTv2:
-            raise RuntimeError(f'{scope} already has another class registered as ResTv2: {existing}')
+            registry.register_module(name=name, module=cls)
+        elif existing is not cls:
+            raise RuntimeError(
+                f'{scope} already has another class registered as {name} in {registry_name}: '
+                f'{existing}')
         scopes.append(scope)
     return scopes
+
+
+def register_backbone() -> List[str]:
+    """Register :class:`ResTv2` as ``type='ResTv2'``; returns the scopes it is registered in."""
+    return _register('MODELS', 'ResTv2', ResTv2)
+
+
+def register_optim_constructor() -> List[str]:
+    """Register the lr-decay constructor as
+    ``constructor='ResTv2LearningRateDecayOptimizerConstructor'``; returns its scopes."""
+    return _register('OPTIM_WRAPPER_CONSTRUCTORS', 'ResTv2LearningRateDecayOptimizerConstructor',
+                     ResTv2LearningRateDecayOptimizerConstructor)

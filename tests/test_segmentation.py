@@ -25,6 +25,8 @@ QUICK_START = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
 PAPER_PARAMS_M = {'t': 62.1, 's': 72.9, 'b': 87.6}
 DROP_PATH = {'t': 0.1, 's': 0.2, 'b': 0.3}
 ARCH = {'t': 'tiny', 's': 'small', 'b': 'base'}
+# The released S/B configs' `num_layers` (blocks per stage) for their stage-wise lr decay.
+RELEASE_NUM_LAYERS = {'s': (1, 2, 12, 2), 'b': (1, 3, 16, 3)}
 TTA_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
@@ -102,9 +104,18 @@ def test_config_follows_the_paper_recipe(arch):
     # 8 GPUs x 2 images = 16 per batch, 160k iterations.
     assert cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
     assert cfg.train_cfg.max_iters == 160000
+    # The released optimizers: T as in the paper's text, S and B with stage-wise lr decay.
     optimizer = cfg.optim_wrapper.optimizer
-    assert (optimizer.type, optimizer.lr, optimizer.betas, optimizer.weight_decay) == \
-        ('AdamW', 6e-5, (0.9, 0.999), 0.01)
+    assert (optimizer.type, optimizer.betas) == ('AdamW', (0.9, 0.999))
+    if arch == 't':
+        assert (optimizer.lr, optimizer.weight_decay) == (6e-5, 0.01)
+        assert 'constructor' not in cfg.optim_wrapper
+        assert cfg.optim_wrapper.paramwise_cfg == dict(norm_decay_mult=0.)
+    else:
+        assert (optimizer.lr, optimizer.weight_decay) == (1.5e-4, 0.05)
+        assert cfg.optim_wrapper.constructor == 'ResTv2LearningRateDecayOptimizerConstructor'
+        assert cfg.optim_wrapper.paramwise_cfg == dict(
+            decay_rate=0.9, decay_type='stage_wise', num_layers=RELEASE_NUM_LAYERS[arch])
     warmup, poly = cfg.param_scheduler
     assert (warmup.type, warmup.begin, warmup.end, warmup.by_epoch) == ('LinearLR', 0, 1500, False)
     assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == \
@@ -131,6 +142,38 @@ def test_no_weight_decay_on_norms(segmentor_t):
     names = [n for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)]
     assert any(n.endswith('attn.sr_norm') for n in names)
     assert any(n.endswith('attn.up_norm') for n in names)
+
+
+@pytest.mark.parametrize('arch', 'sb')
+def test_built_optimizer_has_the_released_stage_lrs(arch):
+    """S and B: the config's optimizer built on its real UperNet. Stem and patch embeddings
+    at 1.5e-4 x 0.9^5, stage i's blocks at 1.5e-4 x 0.9^(4 - i), output norms and heads at
+    1.5e-4; weight decay 0.05 except on 1-D tensors (norms, biases)."""
+    from mmengine.optim import build_optim_wrapper
+    cfg, model = build_segmentor(CONFIGS[arch])
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    lr, decay = {}, {}
+    for group in optimizer.param_groups:
+        for param in group['params']:
+            lr[id(param)], decay[id(param)] = group['lr'], group['weight_decay']
+    assert len(lr) == len(list(model.parameters()))
+
+    def module_lr(module):
+        lrs = {lr[id(p)] for p in module.parameters()}
+        assert len(lrs) == 1, lrs
+        return lrs.pop()
+
+    backbone = model.backbone
+    assert backbone.depths == RELEASE_NUM_LAYERS[arch]
+    assert module_lr(backbone.stem) == pytest.approx(1.5e-4 * 0.9**5)
+    for i, stage in enumerate(backbone.stages):
+        if stage.downsample is not None:
+            assert module_lr(stage.downsample) == pytest.approx(1.5e-4 * 0.9**5)
+        assert module_lr(stage.blocks) == pytest.approx(1.5e-4 * 0.9**(4 - i))
+        assert module_lr(getattr(backbone, f'norm{i}')) == 1.5e-4
+    assert module_lr(model.decode_head) == module_lr(model.auxiliary_head) == 1.5e-4
+    for name, param in model.named_parameters():
+        assert decay[id(param)] == (0. if param.ndim == 1 else 0.05), name
 
 
 def test_heads_use_syncbn_and_revert_to_bn_without_a_launcher(segmentor_t):

@@ -1,5 +1,6 @@
 # UperNet + ResTv2 on ADE20K, the recipe of the ResTv2 paper's Table 5 (shared by
-# configs/upernet_restv2_{t,s,b}.py; the arch, drop path and ImageNet weights are set there).
+# configs/upernet_restv2_{t,s,b}.py; the arch, drop path and ImageNet weights are set there,
+# and S and B replace the optimizer with the released stage-wise lr decay recipe).
 #
 # 512x512 crops, 160k iterations, 16 images per batch (8 GPUs x 2), AdamW lr 6e-5,
 # weight decay 0.01 (none on norms), 1500-iteration linear warm-up then poly decay (power 1),
