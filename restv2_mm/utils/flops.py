@@ -7,7 +7,8 @@ table counts everything, so both totals are reported together with the split
 - ``conv``: ``aten::_convolution``
 - ``linear``: ``aten::linear`` / ``aten::addmm``
 - ``matmul``: attention products: ``aten::matmul`` / ``bmm`` / ``mm`` / ``einsum`` and
-  ``aten::scaled_dot_product_attention`` (EMSAv2 calls it; mmengine does not count it by itself)
+  ``aten::scaled_dot_product_attention`` (EMSAv2 calls it; mmengine does not count it by itself,
+  ``import restv2_mm`` adds it to every FlopAnalyzer: :func:`count_sdpa_in_flop_analyzers`)
 - ``other``: everything else that is counted (norms, upsampling, pooling, grid sampling).
 
 MMDetection models are measured as ``tools/analysis_tools/get_flops.py`` of mmdet does: an
@@ -51,6 +52,22 @@ def sdpa_flop_jit(inputs: List, outputs: List) -> int:
     for size in batch:
         batch_size *= size
     return batch_size * num_queries * num_keys * (dims + value_dims)
+
+
+SDPA_OP = 'aten::scaled_dot_product_attention'
+
+
+def count_sdpa_in_flop_analyzers() -> None:
+    """Make every ``mmengine.analysis.FlopAnalyzer`` count ``aten::scaled_dot_product_attention``.
+
+    FlopAnalyzer starts from mmengine's module-level default handles
+    (``complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS``), which have no entry for SDPA, so
+    stock tools (MMDetection's and MMSegmentation's ``get_flops.py``, ``get_model_complexity_info``)
+    silently skip EMSAv2's attention products. ``import restv2_mm`` adds :func:`sdpa_flop_jit`
+    there. Idempotent; a handle that mmengine itself (or someone else) already put there is kept.
+    """
+    from mmengine.analysis import complexity_analysis
+    complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS.setdefault(SDPA_OP, sdpa_flop_jit)
 
 
 def operator_category(name: str) -> str:
@@ -106,7 +123,7 @@ def count_params(model: torch.nn.Module) -> int:
 def measure_model(model: torch.nn.Module, inputs: torch.Tensor) -> Dict[str, int]:
     """Trace ``model(inputs)`` once; FLOPs in total, without matmuls, and per category."""
     analyzer = FlopAnalyzer(model, inputs)
-    analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
+    analyzer.set_op_handle(SDPA_OP, sdpa_flop_jit)  # also without `import restv2_mm`
     analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     by_category = Counter({c: 0 for c in CATEGORIES})
     for name, flops in analyzer.by_operator().items():
