@@ -71,3 +71,53 @@ def test_benchmark_smoke_json(tmp_path):
         assert ratios['restv2/swin-t'] == pytest.approx(
             rows['restv2'][mode][value] / rows['swin-t'][mode][value])
     assert report['max_abs_diff']['restv2/restv2-plain'] < 1e-3
+
+
+def test_candidates_resolve_names_aliases_and_configs():
+    from restv2_mm.benchmark import resolve_candidates
+    cands = resolve_candidates(['restv2', 'restv2-plain', 'upernet-swin-t', 'swin-t-onnx',
+                                'configs/upernet_restv2_t.py'], styles=['global', 'win'])
+    assert [c.name for c in cands] == ['restv2-global', 'restv2-win', 'restv2-plain-global',
+                                       'restv2-plain-win', 'upernet-swin-t', 'swin-t-onnx',
+                                       'upernet_restv2_t']
+    assert cands[5].onnx and cands[5].config.startswith('mmdet::swin/')
+    assert cands[2].plain and cands[1].style == 'win'
+    with pytest.raises(ValueError, match="unknown candidate 'resnet'.*swin-t"):
+        resolve_candidates(['resnet'])
+    with pytest.raises(FileNotFoundError, match='configs/nope.py'):
+        resolve_candidates(['configs/nope.py'])
+    with pytest.raises(ValueError, match='named twice'):
+        resolve_candidates(['swin-t', 'swin-t'])
+
+
+def test_benchmark_full_models_amp_onnx_smoke(tmp_path):
+    """model / model-train under --amp bf16 (NMS, RoIAlign used to crash there), equal
+    detections, the parts breakdown, config paths, UperNet and ONNX Runtime candidates."""
+    out = tmp_path / 'bench.json'
+    cmd = [sys.executable, str(ROOT / 'tools' / 'benchmark.py'), '--shape', '64', '96',
+           '--warmup', '0', '--iters', '1', '--threads', '1', '--amp', 'bf16', '--detections', '20',
+           '--modes', 'infer', 'model', 'model-train',
+           '--models', 'restv2', 'restv2-onnx', 'configs/upernet_restv2_t.py', 'upernet-swin-t',
+           '--baseline', 'upernet-swin-t', '--quiet', '--json', str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'where the time goes' in proc.stdout and '20 detections per image' in proc.stdout
+    report = json.loads(out.read_text())
+    assert report['settings']['amp'] == 'bf16' and report['settings']['detections'] == 20
+    rows = {r['name']: r for r in report['results']}
+    assert set(rows) == {'restv2', 'restv2-onnx', 'upernet_restv2_t', 'upernet-swin-t'}
+    det_parts = rows['restv2']['model']['parts_ms']
+    assert {'backbone', 'neck', 'rpn', 'box head', 'mask head', 'mask pasting'} <= set(det_parts)
+    assert sum(det_parts.values()) == pytest.approx(rows['restv2']['model']['median_ms'])
+    assert {'backbone', 'decode head'} <= set(rows['upernet-swin-t']['model']['parts_ms'])
+    assert rows['restv2']['model-train']['median_ms'] > 0
+    assert 'model' not in rows['restv2-onnx'] and rows['restv2-onnx']['infer']['median_ms'] > 0
+    assert report['onnx_max_abs_diff']['restv2-onnx'] < 1e-3
+    assert 'upernet_restv2_t/upernet-swin-t' in report['ratios']['model']
+    assert any('upernet-swin-t/model-train' in s for s in report['skipped'])  # batch 1: BN
+
+
+def test_benchmark_rejects_unknown_candidate():
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark.py'), '--models',
+                           'vit'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown candidate 'vit'" in proc.stderr

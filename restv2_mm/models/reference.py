@@ -5,7 +5,7 @@ paper's formula on (B, N, C) tokens: explicit ``softmax(q k^T / sqrt(d)) v`` per
 N x n score matrix is materialised), no ``scaled_dot_product_attention``, no fused layouts. It has
 the same parameters and state-dict keys as :class:`EMSAv2`, so a backbone switched to it with
 :func:`to_plain` computes the same function with the same weights, only the way the paper writes
-it. ``tools/benchmark.py --impl plain`` times it as the baseline of the fast path.
+it. ``tools/benchmark.py --models restv2-plain`` times it as the baseline of the fast path.
 """
 import copy
 import math

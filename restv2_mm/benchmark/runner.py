@@ -1,0 +1,117 @@
+"""One benchmark run: build, warm up, time interleaved, measure memory, check numerics."""
+from typing import Callable, List, Optional
+
+import torch
+
+from . import report as rep
+from .candidates import Candidate, build_candidate, candidate_scope, make_input
+from .memory import peak_mib_in_subprocess
+from .settings import Settings
+from .steps import MEMORY_MODES, TIMED_MODES, Step, autocast, interleaved_times, sync
+
+
+def check_numerics(settings: Settings, cands: List[Candidate]) -> dict:
+    """Max |fast - plain| over the backbone outputs for each restv2 / restv2-plain pair."""
+    by_name = {c.name: c for c in cands}
+    diffs = {}
+    for cand in cands:
+        fast = rep.plain_partner(cand.name)
+        if fast not in by_name:
+            continue
+        x = make_input(settings, settings.seed)
+        outs = []
+        for c in (by_name[fast], cand):
+            m = build_candidate(c, settings, full_model=False, seed=settings.seed)
+            m.eval()
+            with torch.inference_mode(), autocast(settings):
+                outs.append([o.float() for o in m(x)])
+        diffs[f'{fast}/{cand.name}'] = max((a - b).abs().max().item() for a, b in zip(*outs))
+    return diffs
+
+
+def backbone_flops(settings: Settings, cand: Candidate) -> dict:
+    from restv2_mm.utils.flops import measure_model
+    model = build_candidate(cand, settings, full_model=False, seed=settings.seed)
+    model.eval()  # (mmdet's SwinTransformer.train returns None: no chaining)
+    with torch.no_grad():
+        return measure_model(model, make_input(settings, settings.seed))
+
+
+def supported(cand: Candidate, mode: str, settings: Settings) -> Optional[str]:
+    """Why ``cand`` cannot run ``mode`` (None if it can)."""
+    if cand.onnx and mode != 'infer':
+        return 'ONNX Runtime: backbone inference only'
+    if mode == 'model-train' and settings.batch < 2 and candidate_scope(cand) == 'mmseg':
+        return "a segmentor's training step needs --batch >= 2 (BatchNorm of the 1x1 PPM map)"
+    return None
+
+
+def run_benchmark(settings: Settings, cands: List[Candidate], modes: List[str],
+                  warmup: int = 1, iters: int = 5, baseline: Optional[str] = 'swin-t',
+                  flops: bool = False, check: bool = True,
+                  progress: Optional[Callable[[str], None]] = None,
+                  set_total: Optional[Callable[[int], None]] = None) -> dict:
+    """The report dict (see tools/benchmark.py); ``progress(text)`` is called after each run."""
+    names = [c.name for c in cands]
+    if baseline not in names:
+        baseline = None
+    timed = [m for m in modes if m in TIMED_MODES]
+    memory = [m for m in modes if m in MEMORY_MODES]
+    tasks = [(c, m) for m in timed for c in cands if supported(c, m, settings) is None]
+    skipped = [f'{c.name}/{m} ({supported(c, m, settings)})' for m in timed + memory
+               for c in cands if supported(c, m, settings)]
+    mem_tasks = [(c, m) for m in memory for c in cands if supported(c, m, settings) is None]
+    if set_total:
+        set_total(len(tasks) * (warmup + iters) + len(mem_tasks))
+    progress = progress or (lambda text: None)
+
+    steps = {}
+    for cand, mode in tasks:
+        step = steps[(cand.name, mode)] = Step(settings, cand, mode, settings.seed)
+        for _ in range(warmup):
+            step.run_once()
+            sync(settings)
+            progress(f'warm-up {cand.name} {mode}')
+    for step in steps.values():  # warm-up runs are not part of the breakdown
+        if step.parts is not None:
+            step.parts.runs.clear()
+    times = interleaved_times(steps, iters, settings, progress)
+    parts = {task: step.parts.runs for task, step in steps.items() if step.parts is not None}
+    steps.clear()
+
+    peaks = {}
+    for cand, mode in mem_tasks:  # one fresh subprocess each, candidates alternating
+        peaks[(cand.name, mode)] = peak_mib_in_subprocess(settings, cand, mode)
+        progress(f'memory {cand.name} {mode}')
+
+    results = []
+    for name in names:
+        row = dict(name=name)
+        for mode in timed:
+            if (name, mode) in times:
+                row[mode] = rep.timing_row(times[(name, mode)], settings.batch,
+                                           parts.get((name, mode)))
+        for mode in memory:
+            if (name, mode) in peaks:
+                row[mode] = dict(peak_mib=peaks[(name, mode)])
+        results.append(row)
+    if flops:
+        for cand, row in zip(cands, results):
+            if not cand.onnx:
+                row['flops'] = backbone_flops(settings, cand)
+
+    report = dict(environment=rep.environment(settings.device),
+                  settings=dict(shape=list(settings.shape), batch=settings.batch, warmup=warmup,
+                                iters=iters, amp=settings.amp,
+                                channels_last=settings.channels_last, compile=settings.compile,
+                                config=settings.config, baseline=baseline, modes=list(modes),
+                                detections=settings.detections),
+                  results=results, ratios=rep.ratios(results, timed + memory, baseline),
+                  skipped=skipped)
+    if check:
+        report['max_abs_diff'] = check_numerics(settings, cands)
+    onnx_cands = [c for c in cands if c.onnx]
+    if onnx_cands:
+        from .onnx import onnx_max_abs_diff
+        report['onnx_max_abs_diff'] = {c.name: onnx_max_abs_diff(settings, c) for c in onnx_cands}
+    return report
