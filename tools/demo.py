@@ -23,6 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import restv2_mm  # noqa: E402,F401  (registers ResTv2; lets torch >= 2.6 read mmengine checkpoints)
+from restv2_mm.datasets import ensure_tiny_dataset  # noqa: E402
 from restv2_mm.utils import config_scope  # noqa: E402
 
 
@@ -58,6 +59,8 @@ def run(image: str, config: str, checkpoint: str, device: str = 'cpu', score_thr
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     _drop_backbone_init(cfg)
+    # A quick-start config's tiny set (the demo images of the README come from it).
+    ensure_tiny_dataset(cfg)
     scope = config_scope(cfg)
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer

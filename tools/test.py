@@ -17,6 +17,7 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401
+from restv2_mm.datasets import ensure_tiny_dataset
 from restv2_mm.utils import load_tool_config
 from restv2_mm.utils.launch import setup_cpu_distributed
 
@@ -62,6 +63,8 @@ def enable_visualization(cfg, args, scope):
 def main():
     args = parse_args()
     cfg, scope = load_tool_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    # A quick-start config's tiny synthetic set is written on its first run.
+    ensure_tiny_dataset(cfg)
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from = args.checkpoint

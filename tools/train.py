@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch >= 2.6)
+from restv2_mm.datasets import ensure_tiny_dataset
 from restv2_mm.utils import check_pretrained_weights, load_tool_config
 from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
 
@@ -69,6 +70,8 @@ def main():
     # Fail before datasets are built, not after: a missing ImageNet file must never turn into a
     # silent from-scratch run.
     check_pretrained_weights(cfg)
+    # A quick-start config's tiny synthetic set is written on its first run.
+    ensure_tiny_dataset(cfg)
 
     # The recipe asks for mixed precision "when a GPU is there": without CUDA, fp32 (logged).
     use_fp32_without_cuda(cfg)

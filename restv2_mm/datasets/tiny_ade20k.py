@@ -1,4 +1,4 @@
-"""A tiny synthetic ADE20K (ADEChallengeData2016 layout) for quick starts and end-to-end tests.
+"""A tiny synthetic, learnable ADE20K (ADEChallengeData2016 layout) for quick starts and tests.
 
 The real set cannot be downloaded here, so this writes a few images in exactly the layout and
 label encoding that MMSegmentation's ``ADE20KDataset`` reads::
@@ -11,9 +11,11 @@ label encoding that MMSegmentation's ``ADE20KDataset`` reads::
 ``ADE20KDataset`` uses ``reduce_zero_label=True``: label 0 becomes 255 (ignored) and 1..150
 become the 150 training classes 0..149, so every image here also has some "other" pixels.
 
-Each scene is a "stuff" background (wall, sky, floor, ...) with a few "thing" shapes (bed, car,
-person, ...) on it. Every class has its own colour and texture, so a few training iterations
-already move the loss; image sides are deliberately not multiples of 32, as in the real set.
+Each scene is an upper "stuff" region (wall or sky) over a lower one (floor or grass) with one
+to three "things" (bed, person, car) on it. Every drawn class has its own colour and texture
+(the table below), so the class of a pixel is decided by its appearance and a segmentor trained
+from scratch learns the set in minutes. Image sides are deliberately not multiples of 32, as in
+the real set. Train and val come from one seeded generator (val after train, held out).
 """
 import os
 import os.path as osp
@@ -23,55 +25,89 @@ import cv2
 import numpy as np
 
 ADE20K_NUM_CLASSES = 150
-# ADE20K label values (1-based, as stored in the PNGs) of the classes drawn here.
-STUFF_CLASSES = (1, 3, 4, 7, 10)  # wall, sky, floor, road, grass
-THING_CLASSES = (8, 13, 16, 20, 21, 24)  # bed, person, table, chair, car, sofa
 OTHER_LABEL = 0
-
-
-def class_colours(seed: int = 2016) -> np.ndarray:
-    """A fixed RGB colour for each of the 151 label values (index = label)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(30, 226, size=(ADE20K_NUM_CLASSES + 1, 3), dtype=np.int64)
+TINY_ADE20K_FILES = ('images/training', 'images/validation', 'annotations/training',
+                     'annotations/validation')
+# ADE20K label value (1-based, as stored in the PNGs) -> (name, RGB colour, texture).
+TINY_ADE20K_CLASSES = {
+    1: ('wall', (200, 190, 160), 'vertical stripes'),
+    3: ('sky', (120, 170, 235), 'smooth'),
+    4: ('floor', (130, 80, 40), 'horizontal stripes'),
+    10: ('grass', (60, 150, 50), 'speckles'),
+    8: ('bed', (170, 60, 170), 'checks'),
+    13: ('person', (220, 50, 50), 'smooth'),
+    21: ('car', (240, 210, 40), 'diagonal stripes'),
+}
+UPPER_STUFF, LOWER_STUFF = (1, 3), (4, 10)
+# thing -> (shape, half width / height ranges as fractions of the image width / height)
+THINGS = {
+    8: ('rectangle', (0.15, 0.25), (0.08, 0.14)),
+    13: ('ellipse', (0.05, 0.09), (0.15, 0.25)),
+    21: ('rectangle', (0.12, 0.2), (0.06, 0.1)),
+}
+STUFF_CLASSES = UPPER_STUFF + LOWER_STUFF
+THING_CLASSES = tuple(THINGS)
 
 
 def _not_multiple_of_32(value: int) -> int:
     return value + 1 if value % 32 == 0 else value
 
 
-def _draw_scene(rng: np.random.Generator, height: int, width: int,
-                colours: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    label = np.full((height, width), rng.choice(STUFF_CLASSES), dtype=np.uint8)
-    # A second stuff region (e.g. floor under a wall) below a random horizon.
-    horizon = int(rng.uniform(0.45, 0.8) * height)
-    label[horizon:] = rng.choice(STUFF_CLASSES)
-    for _ in range(rng.integers(2, 5)):
+def _texture(kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """An (H, W) brightness offset for a texture name of TINY_ADE20K_CLASSES."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    if kind == 'vertical stripes':
+        return 25 * np.sign(np.sin(xs * 2 * np.pi / 8))
+    if kind == 'horizontal stripes':
+        return 25 * np.sign(np.sin(ys * 2 * np.pi / 6))
+    if kind == 'diagonal stripes':
+        return 25 * np.sign(np.sin((xs + ys) * 2 * np.pi / 8))
+    if kind == 'checks':
+        return 25 * (((xs // 6) + (ys // 6)) % 2 * 2 - 1)
+    if kind == 'speckles':
+        return rng.normal(0, 30, size=(height, width))
+    return np.zeros((height, width))
+
+
+def _draw_scene(rng: np.random.Generator, height: int,
+                width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """An RGB image (H, W, 3) and its uint8 label map (H, W) of ADE20K label values."""
+    label = np.empty((height, width), dtype=np.uint8)
+    horizon = int(rng.uniform(0.35, 0.65) * height)
+    label[:horizon] = rng.choice(UPPER_STUFF)
+    label[horizon:] = rng.choice(LOWER_STUFF)
+    for _ in range(int(rng.integers(1, 4))):
         cls = int(rng.choice(THING_CLASSES))
-        cx, cy = int(rng.uniform(0.1, 0.9) * width), int(rng.uniform(0.1, 0.9) * height)
-        half_w = int(rng.uniform(0.08, 0.25) * width)
-        half_h = int(rng.uniform(0.08, 0.25) * height)
-        if rng.random() < 0.5:
+        shape, (w0, w1), (h0, h1) = THINGS[cls]
+        half_w = max(2, int(rng.uniform(w0, w1) * width))
+        half_h = max(2, int(rng.uniform(h0, h1) * height))
+        cx = int(rng.uniform(0.15, 0.85) * width)
+        cy = int(rng.uniform(0.3, 0.8) * height)
+        if shape == 'rectangle':
             cv2.rectangle(label, (cx - half_w, cy - half_h), (cx + half_w, cy + half_h), cls, -1)
         else:
             cv2.ellipse(label, (cx, cy), (half_w, half_h), 0, 0, 360, cls, -1)
-    # Unlabelled clutter ("other", label 0), which training and evaluation ignore.
+    # Unlabelled clutter ("other", label 0): grey, which training and evaluation ignore.
     cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
-    cv2.circle(label, (cx, cy), int(rng.uniform(0.03, 0.08) * min(height, width)) + 1,
+    cv2.circle(label, (cx, cy), int(rng.uniform(0.04, 0.08) * min(height, width)) + 1,
                OTHER_LABEL, -1)
 
-    image = colours[label].astype(np.float32)
-    # Per-class texture: stripes whose period depends on the class, plus pixel noise.
-    ys, xs = np.mgrid[0:height, 0:width]
-    stripes = np.sin((xs + ys * (label % 3)) * (2 * np.pi / (4 + label % 7)))
-    image += 18 * stripes[..., None] + rng.normal(0, 8, size=image.shape)
+    image = np.full((height, width, 3), 128.0)
+    for value, (_, colour, texture) in TINY_ADE20K_CLASSES.items():
+        mask = label == value
+        if mask.any():
+            jitter = rng.integers(-15, 16, size=3)
+            shade = _texture(texture, rng, height, width)[mask][:, None]
+            image[mask] = np.array(colour) + jitter + shade
+    image += rng.normal(0, 6, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
 def make_tiny_ade20k(out_dir: str,
-                     num_train: int = 8,
-                     num_val: int = 4,
-                     height_range: Sequence[int] = (96, 200),
-                     width_range: Sequence[int] = (128, 280),
+                     num_train: int = 32,
+                     num_val: int = 8,
+                     height_range: Sequence[int] = (100, 160),
+                     width_range: Sequence[int] = (130, 220),
                      seed: int = 0) -> Dict[str, int]:
     """Write a tiny ADE20K-format set to ``out_dir``; returns the number of images per split.
 
@@ -81,7 +117,6 @@ def make_tiny_ade20k(out_dir: str,
     if num_train < 1 or num_val < 1:
         raise ValueError(f'need at least one image per split, got {num_train=} {num_val=}')
     rng = np.random.default_rng(seed)
-    colours = class_colours()
     counts = {}
     for split, prefix, count in (('training', 'ADE_train', num_train),
                                  ('validation', 'ADE_val', num_val)):
@@ -92,7 +127,7 @@ def make_tiny_ade20k(out_dir: str,
         for index in range(1, count + 1):
             height = _not_multiple_of_32(int(rng.integers(height_range[0], height_range[1] + 1)))
             width = _not_multiple_of_32(int(rng.integers(width_range[0], width_range[1] + 1)))
-            image, label = _draw_scene(rng, height, width, colours)
+            image, label = _draw_scene(rng, height, width)
             name = f'{prefix}_{index:08d}'
             # cv2 writes BGR; the JPEG then holds the RGB scene that the colours describe.
             if not cv2.imwrite(osp.join(img_dir, name + '.jpg'), image[..., ::-1],

@@ -1,12 +1,21 @@
-"""A tiny synthetic data set in the real COCO instance-segmentation layout.
+"""A tiny synthetic, learnable data set in the real COCO instance-segmentation layout.
 
     OUT_DIR/annotations/instances_train2017.json   OUT_DIR/train2017/*.jpg
     OUT_DIR/annotations/instances_val2017.json     OUT_DIR/val2017/*.jpg
 
 The annotation files list all 80 COCO categories with their real, non-contiguous ids, so an
-unchanged ``CocoDataset`` / ``CocoMetric`` config reads them. Each image holds a few filled
-shapes on a noisy background; every shape is one instance with a polygon mask, and the kind of
-shape decides its class, so a detector can learn something in a few iterations.
+unchanged ``CocoDataset`` / ``CocoMetric`` config reads them. Each image holds one to three
+objects on a textured background; every object is one instance with a polygon mask. Four COCO
+categories are drawn and each has its own look (shape and colour), so the class of an object
+is decided by its appearance and a detector trained from scratch learns the set in minutes:
+
+    stop sign (13)    red octagon
+    sports ball (37)  orange disc
+    kite (38)         green diamond
+    book (84)         blue upright rectangle
+
+Train and val images come from one seeded generator, val after train: the val split is
+held out (never trained on) and the same seed always writes the same files.
 """
 import json
 import os
@@ -47,21 +56,18 @@ COCO_CATEGORIES: Tuple[Tuple[int, str, str], ...] = (
     (86, 'vase', 'indoor'), (87, 'scissors', 'indoor'), (88, 'teddy bear', 'indoor'),
     (89, 'hair drier', 'indoor'), (90, 'toothbrush', 'indoor'))
 
-# Shape kind -> COCO category id (ids past 11 on purpose: they are not contiguous).
-SHAPE_CATEGORY = {'rectangle': 3, 'ellipse': 53, 'triangle': 13, 'diamond': 44}
+# Drawn category -> (COCO id, polygon in the unit square [-1, 1]^2, base RGB colour).
+def _regular_polygon(sides: int, rotation: float) -> List[Tuple[float, float]]:
+    angles = np.linspace(0, 2 * np.pi, sides, endpoint=False) + rotation
+    return list(zip(np.cos(angles), np.sin(angles)))
 
 
-def _shape_polygon(kind: str, cx: float, cy: float, half_w: float, half_h: float) -> np.ndarray:
-    if kind == 'rectangle':
-        points = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-    elif kind == 'triangle':
-        points = [(0, -1), (1, 1), (-1, 1)]
-    elif kind == 'diamond':
-        points = [(0, -1), (1, 0), (0, 1), (-1, 0)]
-    else:  # ellipse, 24 vertices
-        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        points = list(zip(np.cos(angles), np.sin(angles)))
-    return np.array([(cx + x * half_w, cy + y * half_h) for x, y in points], dtype=np.float64)
+TINY_CATEGORIES: Dict[str, Tuple[int, List[Tuple[float, float]], Tuple[int, int, int]]] = {
+    'stop sign': (13, _regular_polygon(8, np.pi / 8), (210, 40, 40)),
+    'sports ball': (37, _regular_polygon(32, 0.0), (240, 150, 30)),
+    'kite': (38, [(0, -1), (1, 0), (0, 1), (-1, 0)], (40, 190, 70)),
+    'book': (84, [(-0.6, -1), (0.6, -1), (0.6, 1), (-0.6, 1)], (50, 90, 220)),
+}
 
 
 def _polygon_area(polygon: np.ndarray) -> float:
@@ -71,33 +77,40 @@ def _polygon_area(polygon: np.ndarray) -> float:
 
 def make_image(rng: np.random.Generator, width: int, height: int,
                max_objects: int = 3) -> Tuple[np.ndarray, List[dict]]:
-    """One BGR image with 1..max_objects non-overlapping shapes and their annotations."""
-    image = rng.integers(60, 110, size=(height, width, 3), dtype=np.uint8)
+    """One RGB image (H, W, 3) with 1..max_objects shapes and their COCO annotations.
+
+    Objects sit in different cells of a 2x2 grid, so they never overlap (clean masks).
+    """
+    # Grey, blurred noise: no colour of its own, so colour is always an object cue.
+    image = rng.integers(70, 140, size=(height, width, 1), dtype=np.uint8).repeat(3, axis=2)
     image = cv2.GaussianBlur(image, (5, 5), 0)
-    # One shape per cell of a 2x2 grid keeps instances apart (clean masks, no occlusion).
     cells = [(col, row) for row in range(2) for col in range(2)]
     rng.shuffle(cells)
+    names = list(TINY_CATEGORIES)
     annotations = []
     for col, row in cells[:int(rng.integers(1, max_objects + 1))]:
-        kind = str(rng.choice(list(SHAPE_CATEGORY)))
+        name = names[int(rng.integers(len(names)))]
+        category_id, unit_polygon, colour = TINY_CATEGORIES[name]
         cell_w, cell_h = width / 2, height / 2
-        half_w = rng.uniform(0.22, 0.42) * cell_w
-        half_h = rng.uniform(0.22, 0.42) * cell_h
-        cx = (col + 0.5) * cell_w + rng.uniform(-0.05, 0.05) * cell_w
-        cy = (row + 0.5) * cell_h + rng.uniform(-0.05, 0.05) * cell_h
-        polygon = _shape_polygon(kind, cx, cy, half_w, half_h)
-        color = tuple(int(c) for c in rng.integers(150, 256, size=3))
-        cv2.fillPoly(image, [np.round(polygon).astype(np.int32)], color)
+        half = rng.uniform(0.28, 0.44) * min(cell_w, cell_h)
+        half_w, half_h = half * rng.uniform(0.85, 1.15), half * rng.uniform(0.85, 1.15)
+        cx = (col + 0.5) * cell_w + rng.uniform(-0.08, 0.08) * cell_w
+        cy = (row + 0.5) * cell_h + rng.uniform(-0.08, 0.08) * cell_h
+        polygon = np.array([(cx + x * half_w, cy + y * half_h) for x, y in unit_polygon])
+        jitter = rng.integers(-25, 26, size=3)
+        cv2.fillPoly(image, [np.round(polygon).astype(np.int32)],
+                     tuple(int(c) for c in np.clip(np.array(colour) + jitter, 0, 255)))
         x0, y0 = polygon.min(axis=0)
         x1, y1 = polygon.max(axis=0)
         annotations.append(dict(
-            category_id=SHAPE_CATEGORY[kind],
+            category_id=category_id,
             segmentation=[[round(float(v), 2) for v in polygon.reshape(-1)]],
             area=round(_polygon_area(polygon), 2),
             bbox=[round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
                   round(float(y1 - y0), 2)],
             iscrowd=0))
-    return image, annotations
+    noise = rng.normal(0, 6, size=image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), annotations
 
 
 def _write_split(out_dir: str, split: str, num_images: int, image_size: Sequence[int],
@@ -110,12 +123,15 @@ def _write_split(out_dir: str, split: str, num_images: int, image_size: Sequence
         image_id = first_image_id + index
         file_name = f'{image_id:012d}.jpg'
         image, objects = make_image(rng, width, height)
-        cv2.imwrite(osp.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        path = osp.join(image_dir, file_name)
+        # cv2 writes BGR; the JPEG then holds the RGB colours listed above.
+        if not cv2.imwrite(path, image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise OSError(f'could not write {path}')
         images.append(dict(id=image_id, file_name=file_name, width=width, height=height))
         for obj in objects:
             annotations.append(dict(id=len(annotations) + 1, image_id=image_id, **obj))
     coco = dict(
-        info=dict(description=f'restv2_mm tiny synthetic COCO ({split})', version='1.0',
+        info=dict(description=f'restv2_mm tiny synthetic COCO ({split})', version='2.0',
                   year=2017),
         licenses=[],
         images=images,
@@ -127,12 +143,20 @@ def _write_split(out_dir: str, split: str, num_images: int, image_size: Sequence
     return coco
 
 
-def make_tiny_coco(out_dir: str, num_train: int = 16, num_val: int = 8,
-                   image_size: Sequence[int] = (320, 256), seed: int = 0) -> Dict[str, str]:
+TINY_COCO_FILES = ('annotations/instances_train2017.json', 'annotations/instances_val2017.json',
+                   'train2017', 'val2017')
+
+
+def make_tiny_coco(out_dir: str, num_train: int = 64, num_val: int = 16,
+                   image_size: Sequence[int] = (128, 128), seed: int = 0) -> Dict[str, str]:
     """Write the set to ``out_dir``; returns the two annotation file paths by split.
 
-    ``image_size`` is (width, height). The same seed writes the same files.
+    ``image_size`` is (width, height). The same arguments always write the same files.
     """
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f'need at least one image per split, got {num_train=} {num_val=}')
+    if len(image_size) != 2 or min(image_size) < 32:
+        raise ValueError(f'image_size must be (width, height), both >= 32, got {image_size}')
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     _write_split(out_dir, 'train', num_train, image_size, rng, first_image_id=1)
