@@ -4,12 +4,15 @@ Official names (see docs/facts): ``stem.*``, ``patch_{2,3,4}.*``, ``stage{1..4}.
 classifier's ``norm.*`` and ``head.*``. Ours: ``stem.*``, ``stages.{s}.downsample.*``,
 ``stages.{s}.blocks.{i}.*``; inside a block the names are the same as the official ones.
 """
+import io
 import os
 import re
 from collections import OrderedDict
 from typing import Dict, Mapping
 
 import torch
+
+from ..engine.atomic_io import atomic_write_bytes
 
 # Keys only the ImageNet classifier uses; detection and segmentation drop them.
 CLASSIFIER_PREFIXES = ('norm.', 'head.')
@@ -23,13 +26,13 @@ _OFFICIAL_RULES = (
 def load_checkpoint_file(path: str, map_location='cpu') -> dict:
     """Load a checkpoint from a local path or any URI mmengine knows.
 
-    Local files are read with ``weights_only=True``: checkpoints come from the internet and a
-    pickle may run code; plain tensors and dicts need nothing more.
+    Local files are read with ``weights_only=True`` (plus the types mmengine's own checkpoints
+    hold): checkpoints come from the internet and a pickle may run code. A missing, empty,
+    truncated or non-checkpoint file raises an error that names the file and the problem.
     """
-    if os.path.isfile(path):
-        return torch.load(path, map_location=map_location, weights_only=True)
-    if '://' not in path:
-        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if '://' not in str(path):
+        from ..engine.checkpoint_compat import load_local_checkpoint
+        return load_local_checkpoint(str(path), map_location=map_location)
     from mmengine.runner.checkpoint import CheckpointLoader
     return CheckpointLoader.load_checkpoint(path, map_location=map_location)
 
@@ -92,9 +95,10 @@ def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[s
 def save_converted(src: str, dst: str) -> Dict[str, int]:
     """Write an mm-style copy (``{'state_dict': ..., 'meta': ...}``) of an official checkpoint."""
     state_dict = backbone_state_dict(load_checkpoint_file(src))
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    buffer = io.BytesIO()
     torch.save({'state_dict': state_dict,
-                'meta': {'converted_from': os.path.basename(src), 'converter': 'restv2_mm'}}, dst)
+                'meta': {'converted_from': os.path.basename(src), 'converter': 'restv2_mm'}}, buffer)
+    atomic_write_bytes(buffer.getbuffer(), dst)  # never a half-written file under dst
     return {'tensors': len(state_dict),
             'params': sum(v.numel() for k, v in state_dict.items() if 'running_' not in k
                           and 'num_batches_tracked' not in k)}

@@ -15,6 +15,8 @@ from typing import Iterable, List
 import numpy as np
 import torch
 
+from .checkpoint_files import CheckpointFileError, check_checkpoint_file
+
 _EXTRA_GLOBALS: List[object] = []
 
 
@@ -49,16 +51,22 @@ def allow_checkpoint_globals(extra: Iterable[object]) -> None:
 
 
 def load_local_checkpoint(filename: str, map_location=None):
-    """Drop-in for mmengine's ``load_from_local``: ``weights_only=True`` plus the allow-list."""
+    """Drop-in for mmengine's ``load_from_local``: ``weights_only=True`` plus the allow-list.
+
+    A missing, empty, truncated or non-checkpoint file raises an error that names the file and
+    the problem (:class:`~restv2_mm.engine.checkpoint_files.CheckpointFileError`) instead of a
+    pickle or zip traceback.
+    """
     filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
+    check_checkpoint_file(filename)
     try:
         with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
             return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle errors come as several types; add the fix and re-raise
         if 'Weights only load failed' not in str(err):
-            raise
+            raise CheckpointFileError(
+                f'checkpoint {filename} could not be read ({type(err).__name__}: {err}); is it a '
+                'complete PyTorch checkpoint?') from err
         raise RuntimeError(
             f'{filename} holds objects beyond the tensors and mmengine state that restv2_mm allows '
             'when loading. If you trust this file, allow the types named below with '
