@@ -135,7 +135,9 @@ def free_port():
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
 def test_dist_train_two_cpu_processes(tiny_coco, tmp_path):
     work_dir = str(tmp_path / 'work')
-    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    # PYTHON: the scripts run this interpreter (a bare `python` may be another one, e.g. with
+    # a virtual environment that is not activated).
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
     out = run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work_dir,
                '--cfg-options', *tiny_options(tiny_coco, max_epochs=1, batch_size=1)], env=env)
     assert 'rank 0 of 2 CPU processes' in out and 'rank 1 of 2 CPU processes' in out
