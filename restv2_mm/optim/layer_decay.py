@@ -16,15 +16,15 @@ Every parameter gets a layer id ``l`` in ``0 .. L`` and the lr ``base_lr * decay
 ConvNeXt's stage-wise rule, placed onto ResTv2's modules (four stages: ``L = 5`` stage-wise,
 ``L = sum(depths) + 1`` layer-wise):
 
-===============================================  ==========================  ==========================
-part of the model                                 ``stage_wise`` layer id     ``layer_wise`` layer id
-===============================================  ==========================  ==========================
-stem (convs, BNs, PA, LayerNorm)                  0                           0
-patch embedding before stage i (``downsample``)   0                           first block of stage i
-block j of stage i (0-based)                      i + 1                       1 + depths[:i] + j
-CWin ``cross_window_conv`` of stage i             i + 1                       last block of stage i
-output norms ``norm{i}``, neck, heads, the rest   L = num_stages + 1          L = sum(depths) + 1
-===============================================  ==========================  ==========================
+===========================================  ==============  =======================
+part of the model                            stage_wise      layer_wise
+===========================================  ==============  =======================
+stem (convs, BNs, PA, LayerNorm)             0               0
+patch embedding before stage i (downsample)  0               stage i's first block's
+block j of stage i (0-based)                 i + 1           1 + sum(depths[:i]) + j
+CWin cross_window_conv of stage i            i + 1           stage i's last block's
+output norms norm{i}, neck, heads, the rest  L = stages + 1  L = sum(depths) + 1
+===========================================  ==============  =======================
 
 The patch embeddings sit with the stem as in ConvNeXt's stage-wise rule (its downsampling
 layers are layer 0); in the layer-wise rule they go with the blocks they feed, as ConvNeXt's
@@ -113,7 +113,8 @@ class ResTv2LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor
 
     Param groups: one per (layer id, decay / no decay), each with ``lr``, ``weight_decay``,
     ``lr_scale``, ``layer_id`` and ``group_name``; mmengine's schedulers scale every group's
-    own lr, so the ratios between layers hold for the whole schedule.
+    own lr, so the ratios between layers hold for the whole schedule. Frozen parameters stay
+    in their groups, as with mmengine's default constructor.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
