@@ -11,6 +11,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-${PORT:-29500}}
+# The interpreter: PYTHON=/path/to/venv/bin/python when the environment is not activated.
 PYTHON=${PYTHON:-python}
 
 PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \

@@ -12,6 +12,7 @@ GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
+# The interpreter: PYTHON=/path/to/venv/bin/python when the environment is not activated.
 PYTHON=${PYTHON:-python}
 
 # shellcheck disable=SC2086  # SRUN_ARGS holds several words on purpose

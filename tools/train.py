@@ -7,7 +7,6 @@ The config's ``default_scope`` (mmdet or mmseg) decides which library's registri
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import DictAction
 from mmengine.logging import print_log
@@ -15,6 +14,7 @@ from mmengine.runner import Runner
 
 import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch >= 2.6)
 from restv2_mm.datasets import ensure_tiny_dataset
+from restv2_mm.engine import check_checkpoint_file
 from restv2_mm.utils import check_pretrained_weights, load_tool_config
 from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
 
@@ -27,8 +27,8 @@ def parse_args():
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size over auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT; with no value, from the latest checkpoint in '
-                        'the work dir')
+                        help='resume from CKPT; with no value, from the newest complete '
+                        'checkpoint in the work dir')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. train_dataloader.batch_size=1')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
@@ -63,8 +63,8 @@ def main():
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume: no checkpoint at {args.resume}')
+        # A missing, empty or truncated file is reported now, before datasets are built.
+        check_checkpoint_file(args.resume, what='--resume')
         cfg.resume, cfg.load_from = True, args.resume
 
     # Fail before datasets are built, not after: a missing ImageNet file must never turn into a
