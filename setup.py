@@ -24,6 +24,7 @@ setup(
     install_requires=[
         'torch>=2.1', 'numpy', 'mmengine>=0.10.5,<0.11', 'mmcv>=2.0.0,<2.2.0', 'mmdet>=3.3.0,<3.4',
         'mmsegmentation>=1.2.2,<1.3', 'ftfy', 'regex', 'matplotlib', 'pycocotools', 'tqdm',
+        'onnx>=1.16', 'onnxruntime>=1.18',  # tools/deployment (setup_env.sh pins the tested ones)
     ],
     extras_require={'tests': ['pytest>=7', 'pytest-timeout']},
     license='Apache-2.0',

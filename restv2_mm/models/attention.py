@@ -4,11 +4,23 @@ EMSAv2(x) = proj( softmax(q k^T / sqrt(d)) v  +  LN(PixelShuffle(dwconv(v))) ), 
 from a depthwise strided convolution of x (reduction ``sr_ratio``) and the second term, the "up"
 branch, restores the detail that the reduction removed.
 """
+import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` (the TorchScript exporter) records a graph.
+
+    Recording turns every Python decision on a shape into a constant of the graph, so EMSAv2 then
+    takes :meth:`EMSAv2.forward_any_size`, whose window size, padding and key mask are tensor
+    arithmetic on the input's shape. Plain ``torch.jit.trace`` (mmengine's FLOP counter) keeps
+    the eager path, so counted operators stay those that PyTorch runs.
+    """
+    return torch.onnx.is_in_onnx_export()
 
 
 def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
@@ -68,6 +80,8 @@ class EMSAv2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
+        if exporting():
+            return self.forward_any_size(x)
         if self.window_size is None:
             return self.attend(x)
         B, H, W, C = x.shape
@@ -88,6 +102,37 @@ class EMSAv2(nn.Module):
         out = self.attend(window_partition(x, wh, ww), key_valid)
         out = window_reverse(out, B, H + pad_h, W + pad_w)
         return out[:, :H, :W] if (pad_h or pad_w) else out
+
+    def forward_any_size(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with no Python decision on the input's size, for exported graphs.
+
+        (B, H, W, C) -> (B, H, W, C). The window side is ``min(window_size, H)`` computed as a
+        tensor, padding and the key mask always exist (all-true, zero padding where the map fits
+        whole windows), and "window larger than the map" is the one window of that size, so the
+        graph recorded at one size computes :meth:`forward` at every size, up to float rounding.
+        """
+        if self.window_size is None:
+            return self.attend(x)
+        shape = torch._shape_as_tensor(x)  # a Shape node when recorded, a tensor in eager mode
+        H, W = shape[1], shape[2]
+        wh = torch.clamp(H, max=self.window_size)
+        ww = torch.clamp(W, max=self.window_size)
+        pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+        Hp, Wp = H + pad_h, W + pad_w
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        B, C = x.shape[0], x.shape[3]
+        nh, nw = Hp // wh, Wp // ww
+        windows = x.view(B, nh, wh, nw, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh, ww, C)
+        token_valid = ((torch.arange(Hp, device=x.device) < H).view(nh, wh, 1, 1)
+                       & (torch.arange(Wp, device=x.device) < W).view(1, 1, nw, ww))
+        token_valid = token_valid.permute(0, 2, 1, 3).flatten(0, 1)  # (nW, wh, ww), row order
+        r = self.sr_ratio
+        # As in forward: a reduced position is real iff the first token of its stride cell is.
+        key_valid = token_valid[:, ::r, ::r]
+        key_valid = key_valid.unsqueeze(0).expand(B, -1, -1, -1).flatten(0, 1)  # (B * nW, h, w)
+        out = self.attend(windows, key_valid)
+        out = out.view(B, nh, nw, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        return out[:, :H, :W]
 
     def attend(self, x: torch.Tensor, key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """EMSAv2 over whole (B, H, W, C) maps; ``key_valid`` (B, h, w) masks padded keys."""
@@ -110,6 +155,9 @@ class EMSAv2(nn.Module):
 
         k = k.reshape(B, h * w, heads, head_dims).transpose(1, 2)
         v = v.reshape(B, h * w, heads, head_dims).transpose(1, 2)
+        if exporting():
+            out = explicit_attention(q, k, v, attn_mask, head_dims=self.embed_dims // heads)
+            return self.proj(out.transpose(1, 2).reshape(B, H, W, C) + up)
         splits = 1
         if attn_mask is None and x.device.type == 'cpu' and torch.is_grad_enabled():
             splits = query_splits(B * heads, H * W)
@@ -127,6 +175,21 @@ class EMSAv2(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         return self.proj(out + up)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       attn_mask: Optional[torch.Tensor], head_dims: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as MatMul, Softmax, MatMul on (B, heads, N, d) queries and
+    (B, heads, n, d) keys/values; ``attn_mask`` (broadcast to (B, heads, N, n), True = attend);
+    ``head_dims`` d as a Python int, so the scale is a constant of the graph.
+
+    Used when recording a graph: it exports at every ONNX opset, while SDPA needs opset >= 14 in
+    the TorchScript exporter (which lowers it to these same nodes anyway).
+    """
+    scores = (q * (1.0 / math.sqrt(head_dims))) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    return torch.softmax(scores, dim=-1) @ v
 
 
 def query_splits(batch_heads: int, num_queries: int, min_queries: int = 256) -> int:
