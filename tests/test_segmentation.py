@@ -271,7 +271,16 @@ def test_quick_start_config_is_the_paper_config_at_a_quarter_scale():
     paper, quick = Config.fromfile(CONFIGS['t']), Config.fromfile(QUICK_START)
     assert quick.model.decode_head == paper.model.decode_head
     assert quick.model.auxiliary_head == paper.model.auxiliary_head
+    # From scratch it trains a few hundred iterations: only the lr value may differ.
+    assert quick.optim_wrapper.optimizer.lr > paper.optim_wrapper.optimizer.lr
+    quick.optim_wrapper.optimizer.lr = paper.optim_wrapper.optimizer.lr
     assert quick.optim_wrapper == paper.optim_wrapper and quick.tta_model == paper.tta_model
+    assert quick.model.data_preprocessor == dict(paper.model.data_preprocessor,
+                                                 size=quick.crop_size)
+    assert quick.train_dataloader.dataset.type == paper.train_dataloader.dataset.type
+    assert quick.test_evaluator == paper.test_evaluator
+    assert [t.type for t in quick.train_dataloader.dataset.pipeline] == \
+        [t.type for t in paper.train_dataloader.dataset.pipeline]
     backbone = dict(paper.model.backbone, init_cfg=None)
     assert quick.model.backbone == backbone
 
