@@ -132,9 +132,10 @@ def _wrap_seg_map_loader(cls) -> None:
                 problem = image_bytes_problem(fileio.get(path, backend_args=self.backend_args))
             except Exception:  # the original error is the one to report
                 pass
-            raise CorruptImageError(
-                f'label map {path} {problem or f"could not be decoded ({type(err).__name__}: {err})"}'
-            ) from err
+            if problem is None:  # the file is fine: not a decoding problem, name the file only
+                err.add_note(f'while loading the label map {path}')
+                raise
+            raise CorruptImageError(f'label map {path} {problem}') from err
 
     _load_seg_map._restv2_named = True
     cls._load_seg_map = _load_seg_map

@@ -1,0 +1,477 @@
+"""Fast reliability checks: atomic writes, resume candidate selection, RNG state round trips,
+and named errors for bad checkpoint and image files at every entry point.
+
+The slow, real-process versions (kill -9 during a checkpoint write, resume, odd images through
+the tools) are in tests/test_reliability_e2e.py.
+"""
+import io
+import os
+import os.path as osp
+import random
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import restv2_mm  # noqa: F401  (applies the patches under test)
+from restv2_mm.engine import (CheckpointFileError, CorruptImageError, atomic_write_bytes,
+                              capture_rng_state, checkpoint_problem, find_resumable_checkpoint,
+                              image_bytes_problem, load_local_checkpoint, restore_rng_state)
+from restv2_mm.engine import atomic_io
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def save(obj, path):
+    torch.save(obj, path)
+    return str(path)
+
+
+def png_bytes(array=None):
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) if array is None else array).save(buffer, 'PNG')
+    return buffer.getvalue()
+
+
+def jpeg_bytes(size=(64, 48), exif_orientation=None):
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    image = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8))
+    buffer = io.BytesIO()
+    if exif_orientation is None:
+        image.save(buffer, 'JPEG', quality=90)
+    else:
+        exif = image.getexif()
+        exif[0x0112] = exif_orientation
+        image.save(buffer, 'JPEG', quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def good_checkpoint(tmp_path):
+    return save({'state_dict': {'w': torch.arange(1000.)}, 'meta': {'iter': 3}}, tmp_path / 'good.pth')
+
+
+def bad_files(tmp_path, good):
+    """name -> (path, expected words in the error)."""
+    data = open(good, 'rb').read()
+    files = {
+        'empty': (b'', 'is empty'),
+        'truncated': (data[:len(data) // 2], 'truncated'),
+        'png': (png_bytes(), 'looks like a PNG image'),
+        'text': (b'not a checkpoint\n', 'looks like a text file'),
+    }
+    out = {}
+    for name, (content, words) in files.items():
+        path = tmp_path / f'{name}.pth'
+        path.write_bytes(content)
+        out[name] = (str(path), words)
+    return out
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / 'sub' / 'file.bin'
+    atomic_write_bytes(b'old', path)
+    atomic_write_bytes(b'new content', path)
+    assert path.read_bytes() == b'new content'
+    assert os.listdir(path.parent) == ['file.bin']
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'iter_2.pth'
+    path.write_bytes(b'previous')
+
+    def disk_full(f, data):
+        f.write(data[:3])
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(atomic_io, '_write_chunks', disk_full)
+    with pytest.raises(OSError, match=r'could not write .*iter_2\.pth .*No space left.*untouched'):
+        atomic_write_bytes(b'0123456789', path)
+    assert path.read_bytes() == b'previous'
+    assert os.listdir(tmp_path) == ['iter_2.pth']
+
+
+def test_mmengine_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    """mmengine's save_checkpoint goes through LocalBackend.put, now a temp file + rename: while
+    the bytes are being written, the final name does not exist."""
+    from mmengine.runner.checkpoint import save_checkpoint
+    target = tmp_path / 'iter_1.pth'
+    seen = []
+
+    def spy(f, data):
+        seen.append((target.exists(), os.path.basename(f.name)))
+        f.write(data)
+
+    monkeypatch.setattr(atomic_io, '_write_chunks', spy)
+    save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(target))
+    assert seen == [(False, f'iter_1.pth.tmp-{os.getpid()}')]
+    assert checkpoint_problem(str(target)) is None
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f'iter_4.pth.tmp-{dead}'
+    stale.write_bytes(b'PK\x03\x04partial')
+    live = tmp_path / f'iter_5.pth.tmp-{os.getpid()}'
+    live.write_bytes(b'being written')
+    assert atomic_io.remove_stale_temporary_files(str(tmp_path)) == [str(stale)]
+    assert live.exists()
+
+
+# ----------------------------------------------------------------------------- file checks
+def test_checkpoint_problem_tells_complete_from_broken(tmp_path, good_checkpoint):
+    assert checkpoint_problem(good_checkpoint) is None
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert checkpoint_problem(str(legacy)) is None
+    assert checkpoint_problem(str(tmp_path / 'missing.pth')) == 'does not exist'
+    for path, words in bad_files(tmp_path, good_checkpoint).values():
+        assert words in checkpoint_problem(path)
+
+
+def test_loader_names_file_and_problem(tmp_path, good_checkpoint):
+    """What --resume, load_from, tools/test.py and tools/demo.py call (mmengine's loader)."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+    for path, words in bad_files(tmp_path, good_checkpoint).values():
+        with pytest.raises(CheckpointFileError) as info:
+            _load_checkpoint(path, map_location='cpu')
+        assert path in str(info.value) and words in str(info.value)
+    with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
+        load_local_checkpoint(str(tmp_path / 'missing.pth'))
+    # A truncated legacy (non-zip) file has no directory to check: the load error still names it.
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(1000)}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:2000])  # cut in the tensor data, the bulk of a file
+    with pytest.raises(CheckpointFileError, match=r'legacy\.pth could not be read'):
+        load_local_checkpoint(str(legacy))
+
+
+def test_backbone_pretrained_and_converter_name_bad_files(tmp_path, good_checkpoint):
+    from mmdet.registry import MODELS
+
+    from restv2_mm.converters import save_converted
+    for name, (path, words) in bad_files(tmp_path, good_checkpoint).items():
+        backbone = MODELS.build(dict(
+            type='ResTv2', arch=dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                     num_heads=[1, 1, 2, 4]),
+            init_cfg=dict(type='Pretrained', checkpoint=path)))
+        with pytest.raises(CheckpointFileError, match=words):
+            backbone.init_weights()
+        with pytest.raises(CheckpointFileError, match=words):
+            save_converted(path, str(tmp_path / f'{name}_converted.pth'))
+        assert not osp.exists(tmp_path / f'{name}_converted.pth')
+
+
+@pytest.fixture(scope='module')
+def tiny_seg_config(tmp_path_factory):
+    from test_reliability_e2e import seg_config
+
+    from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
+    root = tmp_path_factory.mktemp('tiny_ade')
+    make_tiny_ade20k(str(root / 'data'), num_train=2, num_val=1, height_range=(48, 48),
+                     width_range=(48, 48))
+    return seg_config(root, str(root / 'data'), max_iters=1)
+
+
+@pytest.mark.slow  # one tool process each (~10 s)
+@pytest.mark.parametrize('tool', ['test', 'demo', 'convert', 'train_resume', 'train_load_from'])
+def test_tools_name_a_truncated_checkpoint(tmp_path, tool, good_checkpoint, tiny_seg_config):
+    """Every entry point that reads a checkpoint ends with one line naming file and problem."""
+    path, _ = bad_files(tmp_path, good_checkpoint)['truncated']
+    config, work_dir = tiny_seg_config, str(tmp_path / 'w')
+    image = tmp_path / 'image.png'
+    image.write_bytes(png_bytes())
+    commands = {
+        'test': ['tools/test.py', config, path, '--work-dir', work_dir],
+        'demo': ['tools/demo.py', str(image), config, path, '--out', str(tmp_path / 'o.png')],
+        'convert': ['tools/convert_official.py', path, str(tmp_path / 'converted.pth')],
+        'train_resume': ['tools/train.py', config, '--resume', path, '--work-dir', work_dir],
+        'train_load_from': ['tools/train.py', config, '--work-dir', work_dir,
+                            '--cfg-options', f'load_from={path}'],
+    }
+    result = subprocess.run([sys.executable, *commands[tool]], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith('restv2_mm.engine.checkpoint_files.CheckpointFileError'), \
+        result.stderr[-3000:]
+    assert path in last_line and 'truncated' in last_line
+
+
+def toy_runner(work_dir, max_iters, **checkpoint):
+    """A real mmengine Runner on a 3-parameter model: checkpoints in milliseconds."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            # Draws from all three generators, as augmentation and drop-path do.
+            out = self.linear(torch.nn.functional.dropout(inputs, 0.5, self.training))
+            noise = 1 + 0.1 * np.random.rand() + 0.1 * random.random()
+            return {'loss': out.pow(2).mean() * noise} if mode == 'loss' else out
+
+    torch.manual_seed(0)  # the same initial weights in every run
+    dataset = [dict(inputs=torch.full((2,), float(i))) for i in range(4)]
+    return Runner(
+        model=Toy(), work_dir=str(work_dir), experiment_name=f'toy_{time.time_ns()}',
+        train_dataloader=dict(dataset=dataset, batch_size=2, collate_fn=dict(type='default_collate'),
+                              sampler=dict(type='DefaultSampler', shuffle=True)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False,
+                                           **checkpoint)),
+        randomness=dict(seed=0), default_scope='mmengine')
+
+
+def test_max_keep_ckpts_deletes_the_old_checkpoint_only_after_the_new_one(tmp_path, monkeypatch):
+    """mmengine deletes first and writes second: with max_keep_ckpts=1 a crash during the write
+    left no checkpoint at all."""
+    present_during_writes = []
+
+    def spy(f, data):
+        present_during_writes.append(sorted(n for n in os.listdir(tmp_path) if n.endswith('.pth')))
+        f.write(data)
+
+    monkeypatch.setattr(atomic_io, '_write_chunks', spy)
+    toy_runner(tmp_path, max_iters=3, max_keep_ckpts=1).train()
+    assert present_during_writes == [[], ['iter_1.pth'], ['iter_2.pth']]
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith('.pth')) == ['iter_3.pth']
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_3.pth')
+    meta = load_local_checkpoint(str(tmp_path / 'iter_3.pth'))['meta']
+    assert len(meta['rng_states']) == 1  # one process
+
+
+def test_a_failed_checkpoint_write_stops_training_and_keeps_the_last_good_one(tmp_path,
+                                                                              monkeypatch):
+    writes = []
+
+    def full_disk_at_third_write(f, data):
+        writes.append(f.name)
+        if len(writes) == 3:
+            raise OSError(28, 'No space left on device')
+        f.write(data)
+
+    monkeypatch.setattr(atomic_io, '_write_chunks', full_disk_at_third_write)
+    with pytest.raises(OSError, match=r'could not write .*iter_3\.pth \(No space left'):
+        toy_runner(tmp_path, max_iters=4, max_keep_ckpts=1).train()
+    assert sorted(n for n in os.listdir(tmp_path) if 'pth' in n) == ['iter_2.pth']
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_2.pth')
+
+
+def test_toy_resume_continues_with_the_same_random_numbers(tmp_path):
+    """Uninterrupted 4 iterations == 2 iterations, a fresh process state, resume, 2 more."""
+    toy_runner(tmp_path / 'full', max_iters=4).train()
+    toy_runner(tmp_path / 'split', max_iters=2).train()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)  # a new process's state
+    runner = toy_runner(tmp_path / 'split', max_iters=4)
+    runner._resume = True  # what `--resume` sets
+    runner.train()
+    full = load_local_checkpoint(str(tmp_path / 'full' / 'iter_4.pth'))
+    split = load_local_checkpoint(str(tmp_path / 'split' / 'iter_4.pth'))
+    for key in full['state_dict']:
+        assert torch.equal(full['state_dict'][key], split['state_dict'][key])
+    full_rng, split_rng = full['meta']['rng_states'][0], split['meta']['rng_states'][0]
+    assert torch.equal(full_rng['torch'], split_rng['torch'])
+    assert torch.equal(full_rng['numpy']['key'], split_rng['numpy']['key'])
+    assert full_rng['python'] == split_rng['python']
+
+
+# ----------------------------------------------------------------------------- resume choice
+def write_ckpt(work_dir, name, step, mtime=None):
+    path = osp.join(work_dir, name)
+    torch.save({'state_dict': {'w': torch.full((100,), float(step))}, 'meta': {'iter': step}}, path)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def point_at(work_dir, path, mtime):
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    with open(pointer, 'w') as f:
+        f.write(path)
+    os.utime(pointer, (mtime, mtime))
+
+
+def test_resume_uses_last_checkpoint_when_complete(tmp_path):
+    work = str(tmp_path)
+    now = time.time()
+    write_ckpt(work, 'iter_1.pth', 1, now - 30)
+    second = write_ckpt(work, 'iter_2.pth', 2, now - 20)
+    point_at(work, second, now - 10)
+    # A later file from an older run (written before the pointer) is not picked.
+    write_ckpt(work, 'iter_9.pth', 9, now - 100)
+    assert find_resumable_checkpoint(work) == second
+
+
+def test_resume_skips_a_truncated_checkpoint(tmp_path, monkeypatch):
+    from restv2_mm.engine import checkpoint_files
+    logged = []
+    monkeypatch.setattr(checkpoint_files, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    work = str(tmp_path)
+    now = time.time()
+    first = write_ckpt(work, 'iter_1.pth', 1, now - 30)
+    second = write_ckpt(work, 'iter_2.pth', 2, now - 20)
+    with open(second, 'rb') as f:
+        data = f.read()
+    with open(second, 'wb') as f:  # what mmengine's in-place write leaves after a kill
+        f.write(data[:len(data) // 3])
+    point_at(work, second, now - 10)
+    assert find_resumable_checkpoint(work) == first
+    out = '\n'.join(logged)
+    assert f'Not resuming from {second}: it is truncated' in out
+    assert f'Resuming from {first}, the newest complete checkpoint' in out
+
+
+def test_resume_takes_a_complete_checkpoint_written_after_the_pointer(tmp_path):
+    """Killed between renaming iter_3.pth into place and updating last_checkpoint."""
+    work = str(tmp_path)
+    now = time.time()
+    second = write_ckpt(work, 'iter_2.pth', 2, now - 30)
+    point_at(work, second, now - 20)
+    third = write_ckpt(work, 'iter_3.pth', 3, now - 10)
+    assert find_resumable_checkpoint(work) == third
+
+
+def test_resume_with_an_empty_pointer_or_none(tmp_path):
+    work = str(tmp_path)
+    assert find_resumable_checkpoint(work) is None  # fresh start, as mmengine
+    first = write_ckpt(work, 'iter_1.pth', 1)
+    assert find_resumable_checkpoint(work) == first  # killed before the pointer was first written
+    open(osp.join(work, 'last_checkpoint'), 'w').close()  # killed while writing the pointer
+    assert find_resumable_checkpoint(work) == first
+
+
+def test_resume_refuses_to_start_over_when_every_checkpoint_is_broken(tmp_path):
+    work = str(tmp_path)
+    (tmp_path / 'iter_1.pth').write_bytes(b'')
+    (tmp_path / 'iter_2.pth').write_bytes(b'PK\x03\x04cut')
+    point_at(work, str(tmp_path / 'iter_2.pth'), time.time())
+    with pytest.raises(CheckpointFileError, match=r'(?s)no complete checkpoint in .*iter_2\.pth: it is '
+                       r'truncated.*iter_1\.pth: it is empty'):
+        find_resumable_checkpoint(work)
+
+
+def test_runner_module_uses_the_safe_finder():
+    import mmengine.runner.runner as runner_module
+    assert runner_module.find_latest_checkpoint is find_resumable_checkpoint
+
+
+# ----------------------------------------------------------------------------- RNG states
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()  # a cached gaussian is part of numpy's state
+    state = capture_rng_state()
+    expected = (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist())
+    path = save({'meta': {'rng_states': [state]}}, tmp_path / 'rng.pth')
+    loaded = load_local_checkpoint(path)['meta']['rng_states'][0]
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    restore_rng_state(loaded)
+    assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+# ----------------------------------------------------------------------------- images
+def test_image_bytes_problem():
+    jpeg = jpeg_bytes()
+    assert image_bytes_problem(jpeg) is None
+    assert image_bytes_problem(jpeg_bytes(exif_orientation=6)) is None  # EXIF thumbnail-free APP1
+    assert 'truncated JPEG' in image_bytes_problem(jpeg[:len(jpeg) // 2])
+    assert 'truncated JPEG' in image_bytes_problem(jpeg[:-2])
+    assert image_bytes_problem(jpeg + b'trailer data after the image') is None
+    png = png_bytes()
+    assert image_bytes_problem(png) is None
+    assert 'truncated PNG' in image_bytes_problem(png[:len(png) - 13])
+    assert image_bytes_problem(b'') == 'is empty (0 bytes)'
+
+
+def load_image(path, **kwargs):
+    from mmcv.transforms import LoadImageFromFile
+    return LoadImageFromFile(**kwargs)(dict(img_path=str(path)))
+
+
+@pytest.mark.parametrize('content,words', [
+    (b'', 'is empty'), (jpeg_bytes()[:500], 'truncated JPEG'), (png_bytes()[:40], 'truncated PNG'),
+    (b'hello', 'could not be decoded'),
+], ids=['empty', 'truncated_jpeg', 'truncated_png', 'text'])
+def test_load_image_names_the_bad_file(tmp_path, content, words):
+    path = tmp_path / 'bad_image.jpg'
+    path.write_bytes(content)
+    with pytest.raises(CorruptImageError, match=f'image {re.escape(str(path))} .*{words}.*ignore_empty=True'):
+        load_image(path)
+
+
+def test_ignore_empty_skips_bad_images_with_a_warning(tmp_path, monkeypatch):
+    from restv2_mm.engine import image_loading
+    logged = []
+    monkeypatch.setattr(image_loading, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    path = tmp_path / 'bad_image.jpg'
+    path.write_bytes(jpeg_bytes()[:500])
+    assert load_image(path, ignore_empty=True) is None
+    assert load_image(tmp_path / 'missing.jpg', ignore_empty=True) is None
+    out = '\n'.join(logged)
+    assert f'Skipping image {path}: it is a truncated JPEG' in out
+    assert 'missing.jpg: it does not exist' in out
+    with pytest.raises(FileNotFoundError, match='missing.jpg does not exist'):
+        load_image(tmp_path / 'missing.jpg')
+
+
+def test_training_dataset_draws_another_image_when_asked_to_skip(tmp_path):
+    """mmengine's BaseDataset refetches when the pipeline returns None (ignore_empty=True)."""
+    from mmseg.datasets import ADE20KDataset
+    for split in ('img', 'ann'):
+        (tmp_path / split).mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 1, np.uint8)).save(tmp_path / 'ann' / f'{i}.png')
+    (tmp_path / 'img' / '0.jpg').write_bytes(jpeg_bytes()[:400])
+    (tmp_path / 'img' / '1.jpg').write_bytes(jpeg_bytes())
+    pipeline = [dict(type='LoadImageFromFile', ignore_empty=True),
+                dict(type='mmseg.LoadAnnotations')]
+    dataset = ADE20KDataset(data_root=str(tmp_path), data_prefix=dict(img_path='img', seg_map_path='ann'),
+                            pipeline=pipeline)
+    assert dataset[0]['img_path'].endswith('1.jpg')
+    dataset_strict = ADE20KDataset(data_root=str(tmp_path),
+                                   data_prefix=dict(img_path='img', seg_map_path='ann'),
+                                   pipeline=[dict(type='LoadImageFromFile')])
+    with pytest.raises(CorruptImageError, match=r'0\.jpg is a truncated JPEG'):
+        dataset_strict[0]
+
+
+def test_label_map_errors_name_the_file(tmp_path):
+    from mmseg.datasets.transforms import LoadAnnotations
+    path = tmp_path / 'label.png'
+    path.write_bytes(png_bytes(np.zeros((8, 8), np.uint8))[:30])
+    results = dict(seg_map_path=str(path), reduce_zero_label=False, seg_fields=[])
+    with pytest.raises(CorruptImageError, match=f'label map {path} is a truncated PNG'):
+        LoadAnnotations()(results)
+
+
+def test_odd_images_decode_to_three_channel_uint8(tmp_path):
+    """Grayscale, RGBA, 16-bit, 1x1 and EXIF-rotated files all become (H, W, 3) uint8 BGR."""
+    cases = {
+        'gray.png': (np.full((5, 7), 200, np.uint8), (5, 7)),
+        'rgba.png': (np.full((5, 7, 4), 100, np.uint8), (5, 7)),
+        'sixteen.png': (np.full((5, 7), 40000, np.uint16), (5, 7)),
+        'one.png': (np.zeros((1, 1, 3), np.uint8), (1, 1)),
+    }
+    for name, (array, shape) in cases.items():
+        Image.fromarray(array).save(tmp_path / name)
+        img = load_image(tmp_path / name)['img']
+        assert img.shape == (*shape, 3) and img.dtype == np.uint8, name
+    assert load_image(tmp_path / 'sixteen.png')['img'].max() == 40000 >> 8
+    # EXIF orientation 6 (rotate 90 degrees clockwise to view): a stored 64x48 (W x H) image is
+    # seen as 48x64, as image viewers and mmcv.imread (used to draw results) show it.
+    (tmp_path / 'exif.jpg').write_bytes(jpeg_bytes((64, 48), exif_orientation=6))
+    import mmcv
+    assert load_image(tmp_path / 'exif.jpg')['img'].shape == (64, 48, 3)
+    assert mmcv.imread(str(tmp_path / 'exif.jpg')).shape == (64, 48, 3)
+    assert load_image(tmp_path / 'exif.jpg', color_type='unchanged')['img'].shape == (48, 64, 3)
