@@ -42,7 +42,9 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
     data_root, work_dir = str(tmp_path / 'tiny_ade20k'), str(tmp_path / 'work')
     num_val = 2
     run_tool('tools/make_tiny_ade20k.py', data_root, '--num-train', '4', '--num-val', str(num_val))
-    data = [f'train_dataloader.dataset.data_root={data_root}',
+    # The config's own tiny set is not used (the tools would write it to data/tiny_ade20k).
+    data = [f'tiny_dataset.data_root={data_root}',
+            f'train_dataloader.dataset.data_root={data_root}',
             f'test_dataloader.dataset.data_root={data_root}']
 
     # Train: the README's quick start, cut to 3 iterations.
@@ -50,6 +52,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
                    'train_cfg.max_iters=3', 'default_hooks.logger.interval=1')
     # One CPU process: the heads' SyncBN must have become BN, not failed.
     assert 'SyncBatchNorm (SyncBN) layers in the model will be automatically reverted' in log
+    assert 'Writing the tiny' not in log  # the set written by the tool above is used
     losses = [float(x) for x in re.findall(r'Iter\(train\) \[\s*\d+/3\].*?\sloss: ([0-9.]+)', log)]
     assert len(losses) == 3, log[-3000:]
     checkpoint = osp.join(work_dir, 'iter_3.pth')
