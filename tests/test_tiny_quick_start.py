@@ -155,7 +155,11 @@ def test_tiny_ade20k_classes_are_decided_by_appearance(tmp_path):
 def test_ensure_writes_a_missing_set_once_and_checks_an_existing_one(tmp_path):
     data_root = str(tmp_path / 'data' / 'tiny_coco')
     cfg = Config(dict(tiny_dataset=dict(kind='coco', data_root=data_root, num_train=2,
-                                        num_val=1, image_size=(64, 64), seed=3)))
+                                        num_val=1, image_size=(64, 64), seed=3),
+                      test_dataloader=dict(dataset=dict(data_root=str(tmp_path / 'elsewhere')))))
+    # The data loaders read another folder (--cfg-options): nothing to write.
+    assert ensure_tiny_dataset(cfg) is None and not tmp_path.joinpath('data').exists()
+    cfg.test_dataloader.dataset.data_root = data_root + '/'
     assert ensure_tiny_dataset(cfg) == data_root
     assert osp.isfile(osp.join(data_root, 'annotations', 'instances_val2017.json'))
     with open(osp.join(data_root, 'tiny_dataset.json')) as f:
@@ -171,5 +175,6 @@ def test_ensure_writes_a_missing_set_once_and_checks_an_existing_one(tmp_path):
     with pytest.raises(RuntimeError, match='tools/make_tiny_coco.py .* --seed 4'):
         ensure_tiny_dataset(cfg)
     with pytest.raises(ValueError, match="one of \\['ade20k', 'coco'\\]"):
-        ensure_tiny_dataset(Config(dict(tiny_dataset=dict(kind='voc', data_root=data_root))))
+        ensure_tiny_dataset(Config(dict(tiny_dataset=dict(kind='voc', data_root=data_root),
+                                        test_dataloader=cfg.test_dataloader)))
     assert ensure_tiny_dataset(Config(dict(model=dict()))) is None

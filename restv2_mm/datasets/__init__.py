@@ -37,10 +37,20 @@ def _command_line(script: str, data_root: str, kwargs: dict) -> str:
     return ' '.join(args)
 
 
+def _read_by_a_dataloader(cfg, data_root: str) -> bool:
+    wanted = osp.normpath(data_root)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        if dataset.get('data_root') and osp.normpath(dataset['data_root']) == wanted:
+            return True
+    return False
+
+
 def ensure_tiny_dataset(cfg) -> Optional[str]:
     """Write the config's ``tiny_dataset`` to its ``data_root`` if that folder is missing.
 
-    Returns the data root (None for a config without ``tiny_dataset``). An existing folder is
+    Returns the data root; None for a config without ``tiny_dataset`` or whose data loaders read
+    another folder (changed with --cfg-options), where nothing is written. An existing folder is
     used as it is, unless its ``tiny_dataset.json`` says it was written with other arguments
     or files are missing, which raises: a stale set must not silently change the results.
     """
@@ -54,6 +64,9 @@ def ensure_tiny_dataset(cfg) -> Optional[str]:
     data_root = spec.pop('data_root', None)
     if not data_root:
         raise ValueError('tiny_dataset needs a data_root')
+    if not _read_by_a_dataloader(cfg, data_root):
+        # --cfg-options pointed the data sets elsewhere: nothing to write for them.
+        return None
     writer, files, script = TINY_DATASETS[kind]
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     command = _command_line(script, data_root.rstrip('/'), kwargs)
