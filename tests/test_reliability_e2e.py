@@ -252,7 +252,7 @@ def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, s
         proc = start(command, env, log)
         kill_when(proc, lambda: temporaries(work, 'iter_2.pth'))
     out = (tmp_path / 'run1.log').read_text()
-    assert 'rank 1 of 2 CPU processes' in out and 'Iter(train) [1/3]' in out
+    assert 'rank 0 of 2 CPU processes' in out and 'Iter(train) [1/3]' in out
     assert pointer(work) == osp.join(work, 'iter_1.pth')
 
     env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
