@@ -10,12 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-pytest.importorskip('onnxruntime')
-
-from restv2_mm.deploy import (DynamicAdaptiveAvgPool2d, build_restv2_model,  # noqa: E402
-                              compare_with_torch, export_backbone_onnx, export_config,
-                              export_onnx, ort_session, verify_onnx)
-from restv2_mm.models import EMSAv2, ResTv2  # noqa: E402
+from restv2_mm.deploy import (DynamicAdaptiveAvgPool2d, build_restv2_model, compare_with_torch,
+                              export_backbone_onnx, export_config, export_onnx, ort_session,
+                              verify_onnx)
+from restv2_mm.models import EMSAv2, ResTv2
 
 # Small enough to export in seconds; windows chosen so that at the sizes below some stages pad
 # to whole windows and some maps are smaller than their window (one window of the map's size).

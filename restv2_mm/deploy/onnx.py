@@ -146,7 +146,8 @@ def export_onnx(module: nn.Module, path: str, shape: Tuple[int, int] = (224, 224
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter's own notices: the TorchScript exporter is deprecated in favour of the
         # dynamo one (see the module docstring for why it is used), and tracer warnings about
-        # Python values in mmdet/mmseg heads that do not depend on the input size.
+        # Python values in the graph (mmdet/mmseg heads have many; whether one bakes in the
+        # export size is what verify_onnx at another size decides, not the warning).
         warnings.simplefilter('ignore', DeprecationWarning)
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
