@@ -54,7 +54,8 @@ def build_runnable(name, scope, cfg_options=None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if not torch.cuda.is_available():
-        assert use_fp32_without_cuda(cfg)  # the configs ask for AMP (detection)
+        # The detection configs ask for AMP (as tools/train.py: fp32 without CUDA).
+        assert use_fp32_without_cuda(cfg) == (scope == 'mmdet')
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     model.init_weights()
     return cfg, model, build_optim_wrapper(model, cfg.optim_wrapper)
