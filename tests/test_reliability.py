@@ -177,7 +177,7 @@ def tiny_seg_config(tmp_path_factory):
     root = tmp_path_factory.mktemp('tiny_ade')
     make_tiny_ade20k(str(root / 'data'), num_train=2, num_val=1, height_range=(48, 48),
                      width_range=(48, 48))
-    return seg_config(root, str(root / 'data'), max_iters=1)
+    return seg_config(root, str(root / 'data'), max_iters=4)
 
 
 @pytest.mark.slow  # one tool process each (~10 s)

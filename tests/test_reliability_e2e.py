@@ -194,7 +194,8 @@ def assert_same_training_state(a_path, b_path, world_size=1):
     a, b = load_local_checkpoint(a_path), load_local_checkpoint(b_path)
     assert a['meta']['iter'] == b['meta']['iter']
     for key in a['state_dict']:
-        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
+        diff = (a['state_dict'][key].double() - b['state_dict'][key].double()).abs().max()
+        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), f'{key}: max |diff| {diff}'
     for p, q in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         for name in p:
             assert torch.equal(torch.as_tensor(p[name]), torch.as_tensor(q[name])), name
