@@ -455,6 +455,25 @@ def test_label_map_errors_name_the_file(tmp_path):
         LoadAnnotations()(results)
 
 
+@pytest.mark.parametrize('shape', [(3, 4), (1, 1), (1, 5), (6, 1)])
+def test_label_maps_keep_their_shape_and_classes(tmp_path, shape):
+    """reduce_zero_label as mmseg applies it (0 -> 255 ignore, k -> k - 1, 255 stays ignore), and
+    a map one pixel high or wide stays (H, W) (mmseg 1.2.2 squeezed a 1x1 map to a scalar)."""
+    from mmseg.datasets.transforms import LoadAnnotations
+    labels = np.resize(np.array([0, 1, 5, 255, 150], np.uint8), shape)
+    Image.fromarray(labels).save(tmp_path / 'label.png')
+    for reduce_zero_label, expected in ((False, labels),
+                                        (True, np.resize(np.array([255, 0, 4, 255, 149]), shape))):
+        results = dict(seg_map_path=str(tmp_path / 'label.png'),
+                       reduce_zero_label=reduce_zero_label, seg_fields=[])
+        out = LoadAnnotations(reduce_zero_label=reduce_zero_label)(results)
+        assert out['gt_seg_map'].dtype == np.uint8 and out['gt_seg_map'].shape == shape
+        np.testing.assert_array_equal(out['gt_seg_map'], expected)
+    results = dict(seg_map_path=str(tmp_path / 'label.png'), reduce_zero_label=False,
+                   seg_fields=[], label_map={0: 7})  # a dataset with its own classes remaps
+    assert LoadAnnotations()(results)['gt_seg_map'].flat[0] == 7
+
+
 def test_odd_images_decode_to_three_channel_uint8(tmp_path):
     """Grayscale, RGBA, 16-bit, 1x1 and EXIF-rotated files all become (H, W, 3) uint8 BGR."""
     cases = {

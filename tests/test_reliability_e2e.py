@@ -337,12 +337,15 @@ def test_odd_images_through_segmentor_test_and_demo(tmp_path):
 
     # ADE20KDataset lists one image suffix: the PNGs through tools/test.py (the EXIF JPEG goes
     # through tools/test.py in the detection test), every image through the demo below.
-    # mmseg's LoadAnnotations squeezes a 1x1 label map to a scalar and fails: the 1x1 image
-    # goes through the demo only.
+    # mmseg's IoUMetric squeezes the predicted map when it writes --out, which fails for a 1x1
+    # prediction: the 1x1 image and label map are tested in their own set, without --out.
+    one_pixel = tmp_path / 'one_pixel'
+    for split in ('images', 'annotations'):
+        os.makedirs(one_pixel / split / 'validation')
+        os.rename(root / split / 'validation' / 'one_pixel.png',
+                  one_pixel / split / 'validation' / 'one_pixel.png')
     pngs = {name: shape for name, shape in shapes.items()
             if name.endswith('.png') and name != 'one_pixel.png'}
-    os.remove(root / 'annotations' / 'validation' / 'one_pixel.png')
-    os.rename(root / 'images' / 'validation' / 'one_pixel.png', tmp_path / 'one_pixel.png')
     out_dir = tmp_path / 'pred'
     out = run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir',
                str(tmp_path / 'w'), '--out', str(out_dir),
@@ -351,11 +354,15 @@ def test_odd_images_through_segmentor_test_and_demo(tmp_path):
     for name, viewed in pngs.items():  # label maps at each image's size
         pred = np.array(Image.open(out_dir / (osp.splitext(name)[0] + '.png')))
         assert pred.shape == viewed, name
+    out = run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir',
+               str(tmp_path / 'w1'), '--cfg-options', 'test_dataloader.dataset.img_suffix=.png',
+               f'test_dataloader.dataset.data_root={one_pixel}'])
+    assert re.search(r'\(test\) \[1/1\].*mIoU: [\d.]+', out), out[-3000:]
 
     demo = load_demo()
     for name, viewed in shapes.items():
-        folder = tmp_path if name == 'one_pixel.png' else root / 'images' / 'validation'
-        vis = demo.run(str(folder / name), config, checkpoint)
+        folder = one_pixel if name == 'one_pixel.png' else root
+        vis = demo.run(str(folder / 'images' / 'validation' / name), config, checkpoint)
         assert vis.shape == (*viewed, 3) and vis.dtype == np.uint8, name
 
 

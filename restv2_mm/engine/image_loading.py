@@ -115,30 +115,44 @@ def load_image_from_file(self, results: dict) -> Optional[dict]:
     return results
 
 
-def _wrap_seg_map_loader(cls) -> None:
-    original = cls._load_seg_map
-    if getattr(original, '_restv2_named', False):
-        return
+def load_seg_map(self, results: dict) -> None:
+    """mmseg's ``LoadAnnotations._load_seg_map`` with two differences: a file that cannot be read
+    raises an error naming it, and the map keeps its (H, W) when one side is a single pixel
+    (mmseg squeezes every singleton dimension, so a 1x1 map became a scalar and failed).
 
-    def _load_seg_map(self, results: dict) -> None:
-        path = results.get('seg_map_path')
-        try:
-            original(self, results)
-        except FileNotFoundError:
-            raise FileNotFoundError(f'label map {path} does not exist') from None
-        except Exception as err:
-            problem = None
-            try:
-                problem = image_bytes_problem(fileio.get(path, backend_args=self.backend_args))
-            except Exception:  # the original error is the one to report
-                pass
-            if problem is None:  # the file is fine: not a decoding problem, name the file only
-                err.add_note(f'while loading the label map {path}')
-                raise
-            raise CorruptImageError(f'label map {path} {problem}') from err
+    Adds ``results['gt_seg_map']`` (H, W) uint8, with ``reduce_zero_label`` (0 -> 255 ignore,
+    k -> k - 1) and the dataset's ``label_map`` applied as mmseg does.
+    """
+    path = results['seg_map_path']
+    try:
+        data = fileio.get(path, backend_args=self.backend_args)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'label map {path} does not exist') from None
+    seg_map, problem = decode_image(data, flag='unchanged', backend=self.imdecode_backend)
+    if problem is not None:
+        raise CorruptImageError(f'label map {path} {problem}')
+    if seg_map.ndim == 3 and seg_map.shape[2] == 1:
+        seg_map = seg_map[..., 0]
+    if seg_map.ndim != 2:
+        raise CorruptImageError(f'label map {path} has shape {seg_map.shape}: expected one '
+                                'channel of class indices (H, W)')
+    seg_map = seg_map.astype(np.uint8)
 
-    _load_seg_map._restv2_named = True
-    cls._load_seg_map = _load_seg_map
+    if self.reduce_zero_label is None:
+        self.reduce_zero_label = results['reduce_zero_label']
+    if self.reduce_zero_label != results['reduce_zero_label']:
+        raise ValueError(f'LoadAnnotations(reduce_zero_label={self.reduce_zero_label}) does not '
+                         f"match the dataset's reduce_zero_label={results['reduce_zero_label']}")
+    if self.reduce_zero_label:  # 0 ("other") becomes the ignore index, the classes move down
+        seg_map = np.where(seg_map == 0, 255, seg_map - 1).astype(np.uint8)
+        seg_map[seg_map == 254] = 255
+    label_map = results.get('label_map')
+    if label_map is not None:
+        original = seg_map.copy()
+        for old_id, new_id in label_map.items():
+            seg_map[original == old_id] = new_id
+    results['gt_seg_map'] = seg_map
+    results['seg_fields'].append('gt_seg_map')
 
 
 def make_image_loading_explicit() -> None:
@@ -152,4 +166,4 @@ def make_image_loading_explicit() -> None:
         from mmseg.datasets.transforms import LoadAnnotations
     except ImportError:  # mmseg is optional for detection-only installs
         return
-    _wrap_seg_map_loader(LoadAnnotations)
+    LoadAnnotations._load_seg_map = load_seg_map
