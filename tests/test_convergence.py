@@ -38,12 +38,6 @@ def tool(cwd, script, *args, timeout=1800):
     return output
 
 
-def tools_test_has_amp():
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'test.py'), '--help'],
-                          capture_output=True, text=True)
-    return '--amp' in proc.stdout
-
-
 def coco_metrics(output):
     found = {k: float(v) for k, v in re.findall(r'coco/(bbox_mAP|segm_mAP): ([-0-9.]+)', output)}
     assert set(found) == {'bbox_mAP', 'segm_mAP'}, f'no COCO mAP printed:\n{output[-3000:]}'
@@ -88,8 +82,6 @@ def test_detection_quick_start_learns(detector):
     metrics = coco_metrics(output)
     assert metrics['bbox_mAP'] >= MIN_BBOX_MAP and metrics['segm_mAP'] >= MIN_SEGM_MAP, metrics
 
-    if not tools_test_has_amp():
-        pytest.skip('tools/test.py has no --amp (issue 11): bf16 metrics not compared')
     amp_metrics = coco_metrics(tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir',
                                     'work', '--amp'))
     for key, value in metrics.items():
@@ -125,8 +117,6 @@ def test_segmentation_quick_start_learns(segmentor):
                num_val)
     assert tta >= MIN_MIOU_TTA
 
-    if not tools_test_has_amp():
-        pytest.skip('tools/test.py has no --amp (issue 11): bf16 mIoU not compared')
     amp = miou(tool(cwd, 'test.py', SEG_CONFIG, checkpoint, '--work-dir', 'work', '--amp'),
                num_val)
     assert abs(amp - single) <= AMP_MIOU_TOLERANCE, (single, amp)
