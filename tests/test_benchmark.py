@@ -58,6 +58,7 @@ def test_benchmark_smoke_json(tmp_path):
     assert set(report) >= {'environment', 'settings', 'results', 'ratios', 'max_abs_diff'}
     assert report['environment']['threads'] == 1
     assert report['settings']['shape'] == [64, 64] and report['settings']['baseline'] == 'swin-t'
+    assert report['settings']['malloc'] == 'cached' and 'malloc=cached' in proc.stdout
     rows = {r['name']: r for r in report['results']}
     assert set(rows) == {'restv2', 'restv2-plain', 'swin-t'}
     for row in rows.values():
@@ -98,12 +99,13 @@ def test_benchmark_full_models_amp_onnx_smoke(tmp_path):
            '--warmup', '0', '--iters', '1', '--threads', '1', '--amp', 'bf16', '--detections', '20',
            '--modes', 'infer', 'model', 'model-train',
            '--models', 'restv2', 'restv2-onnx', 'configs/upernet_restv2_t.py', 'upernet-swin-t',
-           '--baseline', 'upernet-swin-t', '--quiet', '--json', str(out)]
+           '--baseline', 'upernet-swin-t', '--malloc', 'system', '--quiet', '--json', str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'where the time goes' in proc.stdout and '20 detections per image' in proc.stdout
     report = json.loads(out.read_text())
     assert report['settings']['amp'] == 'bf16' and report['settings']['detections'] == 20
+    assert report['settings']['malloc'] == 'system'
     rows = {r['name']: r for r in report['results']}
     assert set(rows) == {'restv2', 'restv2-onnx', 'upernet_restv2_t', 'upernet-swin-t'}
     det_parts = rows['restv2']['model']['parts_ms']

@@ -37,6 +37,11 @@ Timing: every timed mode of every candidate is warmed up, then the runs are inte
 run of each, in an order that rotates every round, ``--iters`` rounds) and the median is
 reported, as latency (ms per batch) and throughput (img/s), and as a ratio to ``--baseline``.
 
+Allocator: by default (``--malloc cached``) freed CPU memory stays in the process, as with
+jemalloc / tcmalloc or PyTorch's CUDA allocator; glibc's default (``--malloc system``) maps and
+page-faults every large tensor afresh, which costs some models far more than others and depends
+on what ran before in the process (restv2_mm/utils/cpu_malloc.py has the numbers).
+
 Memory: each measurement runs in a fresh subprocess (no allocator state shared between
 candidates). After one warm-up step and ``malloc_trim``, the kernel's peak-RSS mark is reset
 (``/proc/self/clear_refs``) and the reported number is the peak RSS during one step minus the
@@ -63,6 +68,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from restv2_mm.benchmark import (ALL_MODES, DETECTIONS_PER_IMAGE, OUR_CONFIG,  # noqa: E402
                                  STYLES, Settings, resolve_candidates,
                                  run_benchmark, tables)
+from restv2_mm.utils.cpu_malloc import keep_freed_memory  # noqa: E402
 
 DEFAULT_MODELS = ['restv2', 'restv2-plain', 'swin-t', 'r50']
 
@@ -88,6 +94,10 @@ def parse_args(argv=None):
     p.add_argument('--compile', action='store_true', help='torch.compile the timed modules')
     p.add_argument('--detections', type=int, default=DETECTIONS_PER_IMAGE,
                    help='model mode: detections kept per image (score threshold 0)')
+    p.add_argument('--malloc', choices=['cached', 'system'], default='cached',
+                   help="CPU allocator policy of the timed runs: 'cached' keeps freed memory in "
+                   "the process (restv2_mm.utils.cpu_malloc), 'system' leaves glibc's defaults, "
+                   "whose page faults depend on what ran before")
     p.add_argument('--flops', action='store_true', help='backbone FLOPs of every candidate')
     p.add_argument('--no-check', action='store_true',
                    help='skip the max-abs-difference check of restv2 against restv2-plain')
@@ -110,10 +120,13 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == 'cached' and args.device == 'cpu' and not keep_freed_memory():
+        print('--malloc cached: not glibc, the system allocator stays', file=sys.stderr)
+        args.malloc = 'system'
     settings = Settings(shape=list(args.shape), batch=args.batch, device=args.device,
                         amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                         threads=args.threads, seed=args.seed, config=args.config,
-                        detections=args.detections)
+                        detections=args.detections, malloc=args.malloc)
     run = dict(settings=settings, cands=args.candidates, modes=args.modes, warmup=args.warmup,
                iters=args.iters, baseline=args.baseline, flops=args.flops,
                check=not args.no_check)

@@ -86,7 +86,7 @@ def headline(report: dict) -> str:
     return (f"{env['date']}  {env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
             f"device={env['device']}  shape={s['shape'][0]}x{s['shape'][1]}  batch={s['batch']}  "
             f"amp={s['amp']}  channels_last={s['channels_last']}  compile={s['compile']}  "
-            f"median of {s['iters']} interleaved runs")
+            f"malloc={s.get('malloc', 'system')}  median of {s['iters']} interleaved runs")
 
 
 def _table(title: Optional[str] = None):

@@ -105,7 +105,7 @@ def run_benchmark(settings: Settings, cands: List[Candidate], modes: List[str],
                                 iters=iters, amp=settings.amp,
                                 channels_last=settings.channels_last, compile=settings.compile,
                                 config=settings.config, baseline=baseline, modes=list(modes),
-                                detections=settings.detections),
+                                detections=settings.detections, malloc=settings.malloc),
                   results=results, ratios=rep.ratios(results, timed + memory, baseline),
                   skipped=skipped)
     if check:

@@ -17,3 +17,4 @@ class Settings:
     seed: int = 0
     config: str = OUR_CONFIG  # restv2 / restv2-plain
     detections: int = DETECTIONS_PER_IMAGE  # per image, full-model detection inference
+    malloc: str = 'cached'  # 'cached': freed CPU memory stays in the process; 'system': glibc's
