@@ -123,3 +123,17 @@ def test_benchmark_rejects_unknown_candidate():
     proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark.py'), '--models',
                            'vit'], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "unknown candidate 'vit'" in proc.stderr
+
+
+def test_equalize_head_work_fixes_proposals_and_detections():
+    from restv2_mm.benchmark.candidates import OUR_CONFIG, equalize_head_work
+    from restv2_mm.utils.flops import load_config
+    cfg = load_config(OUR_CONFIG)
+    equalize_head_work(cfg, 'mmdet', detections=37)
+    test_cfg = cfg.model.test_cfg
+    assert test_cfg.rpn.nms.iou_threshold == 1.0  # every proposal reaches the RoI heads
+    assert test_cfg.rcnn.score_thr == 0 and test_cfg.rcnn.max_per_img == 37
+    single = load_config(str(ROOT / 'configs' / 'retinanet_restv2_t.py'))
+    equalize_head_work(single, 'mmdet', detections=37)
+    assert single.model.test_cfg.score_thr == 0 and single.model.test_cfg.max_per_img == 37
+    assert 'rpn' not in single.model.test_cfg

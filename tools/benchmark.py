@@ -22,8 +22,9 @@ Measurements (``--modes``):
     infer       backbone forward, inference mode
     train       backbone training step: forward + backward of sum(mean(out)), grads set to None
     model       full model inference (``model.predict`` on a preprocessed batch). Detectors keep
-                ``--detections`` boxes per image (score threshold 0), so that every detector's
-                mask head does the same work; segmentors infer the whole image. A second table
+                ``--detections`` boxes per image (score threshold 0) and the RPN keeps all
+                its proposals (NMS IoU threshold 1), so that every detector's RoI and mask heads
+                get the same number of boxes; segmentors infer the whole image. A second table
                 says where the time goes: backbone, neck, RPN, box head, mask head, mask
                 pasting (or dense head / decode head), other.
     model-train full model training step (``model.loss`` on random ground truth + backward)

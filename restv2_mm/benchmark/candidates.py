@@ -113,13 +113,20 @@ def equalize_head_work(cfg, scope: str, detections: int = DETECTIONS_PER_IMAGE) 
     """Make full-model inference cost the same for every candidate.
 
     Detection: score threshold 0 and ``detections`` boxes per image, so that every detector's
-    mask head runs on (and pastes) the same number of boxes whatever its random scores are.
+    mask head runs on (and pastes) the same number of boxes whatever its random scores are; the
+    RPN's NMS keeps every box (IoU threshold 1), so that the RoI heads of every two-stage
+    detector get exactly ``rpn.max_per_img`` proposals (random-initialised RPNs otherwise leave
+    a model-dependent number after NMS). Proposal *sizes* still differ between models, and
+    RoIAlign with ``sampling_ratio=0`` samples large boxes more densely.
     Segmentation: whole-image inference (no sliding window).
     """
     if scope == 'mmseg':
         cfg.model.test_cfg = dict(mode='whole')
         return
     test_cfg = cfg.model.test_cfg
+    rpn = test_cfg.get('rpn')
+    if rpn is not None and rpn.get('nms') is not None:
+        rpn.nms.iou_threshold = 1.0
     final = test_cfg.get('rcnn', test_cfg)  # two-stage: rcnn; single-stage: the whole test_cfg
     final.score_thr = 0.
     final.max_per_img = detections
