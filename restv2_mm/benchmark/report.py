@@ -137,8 +137,8 @@ def tables(report: dict) -> list:
 
     if any('model' in row for row in report['results']):
         parts = _table(f"model (full inference): where the time goes, median ms; detectors keep "
-                       f"{settings['detections']} detections per image (score threshold 0), "
-                       f"segmentors infer the whole image")
+                       f"{settings['detections']} detections per image (score threshold 0, "
+                       f"every RPN proposal kept), segmentors infer the whole image")
         found = {k for row in report['results'] for k in row.get('model', {}).get('parts_ms', {})}
         labels = [k for k in PART_ORDER if k in found] + sorted(found - set(PART_ORDER))
         parts.add_column('candidate')
