@@ -9,7 +9,7 @@ allocator's history: in one process, MMDetection's Swin-T backbone forward at 12
 
 :func:`keep_freed_memory` sets what PyTorch's CUDA caching allocator, jemalloc or tcmalloc do by
 design: freed memory stays with the process for the next allocation. Speed-ups measured there:
-Swin-T 1.5x, ResTv2-T 1.1x (fp32 backbone inference). The price is that the resident size
+Swin-T 1.3-1.6x, ResTv2-T 1.05-1.1x (fp32 backbone inference). The price is that the resident size
 stays at its peak until exit. The same setting without code, for any command::
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 python tools/test.py ...
