@@ -11,12 +11,12 @@ Slow (about 10 minutes of 2 CPU cores for both); CI runs them.
 import json
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
+
+from subprocess_tools import run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,9 @@ MIN_BBOX_MAP, MIN_SEGM_MAP, MIN_MIOU, MIN_MIOU_TTA = 0.6, 0.6, 60.0, 60.0
 AMP_MAP_TOLERANCE, AMP_MIOU_TOLERANCE = 0.03, 2.0
 
 
-def tool(cwd, script, *args, timeout=1800):
+def tool(cwd, script, *args):
     """Run tools/<script> with this Python from ``cwd``; the combined output."""
-    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f'tools/{script} {" ".join(args)} failed:\n{output[-6000:]}'
-    return output
+    return run_tool(script, *args, cwd=cwd, timeout=1800)
 
 
 def coco_metrics(output):

@@ -8,7 +8,6 @@ import os
 import os.path as osp
 import re
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from mmengine.config import Config
 
 import restv2_mm
+from subprocess_tools import run
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +47,6 @@ def tiny_options(data_root, max_epochs, batch_size=2):
         # An untrained detector scores below mmdet's 0.05: keep every box so mAP is computed.
         'model.test_cfg.rcnn.score_thr=0.0', 'model.test_cfg.rcnn.max_per_img=20',
     ]
-
-
-def run(command, env=None, timeout=600):
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
 
 
 def train_log_lines(output):

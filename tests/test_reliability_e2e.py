@@ -32,6 +32,7 @@ from PIL import Image
 
 from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
 from restv2_mm.engine import checkpoint_problem, load_local_checkpoint
+from subprocess_tools import run
 
 pytestmark = pytest.mark.slow
 
@@ -120,14 +121,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
-
-
-def run(command, env=None, timeout=900):
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                            env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
 
 
 def start(command, env, log):

@@ -7,25 +7,17 @@ import glob
 import json
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import cv2
 import pytest
+
+from subprocess_tools import run_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_START = 'configs/upernet_restv2_t_tiny_ade20k.py'
 MIOU = re.compile(r'Iter\(test\) \[(\d+)/(\d+)\].*?mIoU: ([0-9.]+)')
 
 pytestmark = pytest.mark.slow
-
-
-def run_tool(*args, timeout=900):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f'{" ".join(args)} failed:\n{output[-6000:]}'
-    return output
 
 
 def printed_miou(output, num_images):
@@ -41,14 +33,14 @@ def printed_miou(output, num_images):
 def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
     data_root, work_dir = str(tmp_path / 'tiny_ade20k'), str(tmp_path / 'work')
     num_val = 2
-    run_tool('tools/make_tiny_ade20k.py', data_root, '--num-train', '4', '--num-val', str(num_val))
+    run_tool('make_tiny_ade20k.py', data_root, '--num-train', '4', '--num-val', str(num_val))
     # The config's own tiny set is not used (the tools would write it to data/tiny_ade20k).
     data = [f'tiny_dataset.data_root={data_root}',
             f'train_dataloader.dataset.data_root={data_root}',
             f'test_dataloader.dataset.data_root={data_root}']
 
     # Train: the README's quick start, cut to 3 iterations.
-    log = run_tool('tools/train.py', QUICK_START, '--work-dir', work_dir, '--cfg-options', *data,
+    log = run_tool('train.py', QUICK_START, '--work-dir', work_dir, '--cfg-options', *data,
                    'train_cfg.max_iters=3', 'default_hooks.logger.interval=1')
     # One CPU process: the heads' SyncBN must have become BN, not failed.
     assert 'SyncBatchNorm (SyncBN) layers in the model will be automatically reverted' in log
@@ -60,7 +52,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
 
     # Single-scale test, whole images; predictions written at each image's own size.
     pred_dir = str(tmp_path / 'pred')
-    log = run_tool('tools/test.py', QUICK_START, checkpoint, '--work-dir', work_dir,
+    log = run_tool('test.py', QUICK_START, checkpoint, '--work-dir', work_dir,
                    '--out', pred_dir, '--cfg-options', *data)
     printed_miou(log, num_val)
     preds = sorted(glob.glob(osp.join(pred_dir, '*.png')))
@@ -72,7 +64,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
         assert label.shape == image.shape[:2] and image.shape[0] % 32 and image.shape[1] % 32
 
     # Multi-scale + flip test: 6 scales x 2 flips per image through SegTTAModel.
-    log = run_tool('tools/test.py', QUICK_START, checkpoint, '--work-dir', work_dir, '--tta',
+    log = run_tool('test.py', QUICK_START, checkpoint, '--work-dir', work_dir, '--tta',
                    '--cfg-options', *data)
     # The config the Runner printed: the model is SegTTAModel wrapping the segmentor.
     assert re.search(r"^model = dict\(\n(?:.*\n){0,2}?\s+module=dict\(", log, re.MULTILINE), \
@@ -82,7 +74,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
 
 def test_flops_at_2048x512_match_table5():
     # ResTv2-T only (about a minute on 2 cores); S and B measure 1035.7G and 1095.7G, see README.
-    out = run_tool('tools/get_flops.py', 'configs/upernet_restv2_t.py', '--shape', '512', '2048',
+    out = run_tool('get_flops.py', 'configs/upernet_restv2_t.py', '--shape', '512', '2048',
                    '--json')
     result = json.loads([line for line in out.splitlines() if line.startswith('{')][-1])
     # Table 5 counts every operator, the attention matmuls included.

@@ -7,12 +7,12 @@ on the checkpoint, which must report COCO box AP (and mask AP for the cascade).
 """
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import pytest
 
 from restv2_mm.datasets.tiny_coco import make_tiny_coco
+from subprocess_tools import run
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +63,6 @@ CASES = {
         options=['model.test_cfg.nms_pre=200', 'model.test_cfg.score_thr=0.0',
                  'model.test_cfg.max_per_img=20']),
 }
-
-
-def run(command):
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    return output
 
 
 @pytest.mark.parametrize('name', list(CASES))
