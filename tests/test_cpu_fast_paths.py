@@ -2,7 +2,7 @@
 
 - inference (autograd off) runs each block's MLP half over token groups: same numbers as the
   autograd path, in fp32 and in every style, at a size where every stage has several groups;
-- bf16 / fp16 inference on the CPU computes attention as chunked matmuls instead of SDPA:
+- bf16 inference on the CPU computes attention as chunked matmuls instead of SDPA:
   chunks change nothing, masks (padded windows) still apply, and the backbone stays close to
   fp32;
 - the fused MLP's token groups in training give autograd's outputs and gradients.
@@ -75,6 +75,7 @@ def test_low_precision_cpu_inference_is_the_only_user_of_chunked_attention():
     assert not attention.low_precision_cpu_inference(q)  # fp32: SDPA
     with torch.no_grad():
         assert attention.low_precision_cpu_inference(q.bfloat16())
+        assert not attention.low_precision_cpu_inference(q.half())  # fp16 matmuls: slow on CPU
     assert not attention.low_precision_cpu_inference(q.bfloat16())  # training: SDPA
 
 
