@@ -125,3 +125,25 @@ def test_keep_freed_memory_sets_glibc_malloc():
     assert keep_freed_memory() is (libc == 'glibc')
     x = torch.ones(30_000_000)  # 120 MB: from the heap now, and still right
     assert x.sum().item() == 30_000_000
+
+
+def test_fused_attention_query_splits_give_sdpa_outputs_and_gradients():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # stage 1's one head on two threads: the queries get split
+    try:
+        assert attention.query_splits(1, 1024) > 1
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 1, n, 16, generator=g, requires_grad=True)
+                   for n in (1024, 64, 64))
+        grad = torch.randn(1, 1, 1024, 16, generator=g)
+        split = attention.fused_attention(q, k, v, None)
+        assert split.shape[0] > 1  # the groups sit in the batch dimension
+        split = split.transpose(1, 2).reshape(1, 1024, 1, 16).transpose(1, 2)
+        split_grads = torch.autograd.grad(split, (q, k, v), grad)
+        ref = F.scaled_dot_product_attention(q, k, v)
+        ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(split, ref)
+    for a, b in zip(split_grads, ref_grads):
+        torch.testing.assert_close(a, b)

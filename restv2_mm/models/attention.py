@@ -157,30 +157,41 @@ class EMSAv2(nn.Module):
         v = v.reshape(B, h * w, heads, head_dims).transpose(1, 2)
         if exporting():
             out = explicit_attention(q, k, v, attn_mask, head_dims=self.embed_dims // heads)
-            return self.proj(out.transpose(1, 2).reshape(B, H, W, C) + up)
-        if low_precision_cpu_inference(q):
+        elif low_precision_cpu_inference(q):
             # PyTorch's CPU flash attention gains nothing from bf16 without AMX (it measured
             # 129 ms in bf16 and 125 ms in fp32 for stage 1 at 1280x800 on an AVX512-BF16 CPU),
             # while bf16 matmuls run 2.5x faster than it: 47 ms with the softmax between them.
             out = chunked_attention(q, k, v, attn_mask)
-            return self.proj(out.transpose(1, 2).reshape(B, H, W, C) + up)
-        splits = 1
-        if attn_mask is None and x.device.type == 'cpu' and torch.is_grad_enabled():
-            splits = query_splits(B * heads, H * W)
-        if splits > 1:
-            # Every query attends to the same keys independently, so cutting the queries into
-            # ``splits`` groups moved to the batch dimension (a view) computes the same numbers.
-            # It matters for training on CPU: the backward of PyTorch's CPU flash attention
-            # parallelises over batch x heads only; stage 1 (1 head) at 1280x800 measured 3.4x
-            # faster per EMSAv2 training step with the split, on 2 threads.
-            q = q.transpose(1, 2).reshape(B * splits, H * W // splits, heads, head_dims)
-            k = k.unsqueeze(1).expand(B, splits, heads, h * w, head_dims).flatten(0, 1)
-            v = v.unsqueeze(1).expand(B, splits, heads, h * w, head_dims).flatten(0, 1)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(B, H, W, C)
-        return self.proj(out + up)
+            out = fused_attention(q, k, v, attn_mask)
+        # In every branch out.transpose(1, 2) flattens to (B, H * W, heads, head_dims).
+        return self.proj(out.transpose(1, 2).reshape(B, H, W, C) + up)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """PyTorch's SDPA on (B, heads, N, d) queries and (B, heads, n, d) keys/values.
+
+    Returns (B * s, heads, N / s, d): for CPU training without a mask the queries may be cut into
+    s groups moved to the batch dimension (see :func:`query_splits`); ``transpose(1, 2)`` of
+    the result flattens to (B, N, heads, d) either way.
+    """
+    B, heads, N, head_dims = q.shape
+    splits = 1
+    if attn_mask is None and q.device.type == 'cpu' and torch.is_grad_enabled():
+        splits = query_splits(B * heads, N)
+    if splits == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    # Every query attends to the same keys independently, so cutting the queries into
+    # ``splits`` groups moved to the batch dimension (a view) computes the same numbers.
+    # It matters for training on CPU: the backward of PyTorch's CPU flash attention
+    # parallelises over batch x heads only; stage 1 (1 head) at 1280x800 measured 3.4x
+    # faster per EMSAv2 training step with the split, on 2 threads.
+    n = k.shape[2]
+    q = q.transpose(1, 2).reshape(B * splits, N // splits, heads, head_dims).transpose(1, 2)
+    k = k.unsqueeze(1).expand(B, splits, heads, n, head_dims).flatten(0, 1)
+    v = v.unsqueeze(1).expand(B, splits, heads, n, head_dims).flatten(0, 1)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
