@@ -69,7 +69,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from restv2_mm.benchmark import (ALL_MODES, DETECTIONS_PER_IMAGE, OUR_CONFIG,  # noqa: E402
                                  STYLES, Settings, resolve_candidates,
                                  run_benchmark, tables)
-from restv2_mm.utils.cpu_malloc import keep_freed_memory  # noqa: E402
 
 DEFAULT_MODELS = ['restv2', 'restv2-plain', 'swin-t', 'r50']
 
@@ -121,9 +120,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.malloc == 'cached' and args.device == 'cpu' and not keep_freed_memory():
-        print('--malloc cached: not glibc, the system allocator stays', file=sys.stderr)
-        args.malloc = 'system'
     settings = Settings(shape=list(args.shape), batch=args.batch, device=args.device,
                         amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                         threads=args.threads, seed=args.seed, config=args.config,

@@ -1,8 +1,10 @@
 """One benchmark run: build, warm up, time interleaved, measure memory, check numerics."""
+import warnings
 from typing import Callable, List, Optional
 
 import torch
 
+from ..utils.cpu_malloc import keep_freed_memory
 from . import report as rep
 from .candidates import Candidate, build_candidate, candidate_scope, make_input
 from .memory import peak_mib_in_subprocess
@@ -51,7 +53,15 @@ def run_benchmark(settings: Settings, cands: List[Candidate], modes: List[str],
                   flops: bool = False, check: bool = True,
                   progress: Optional[Callable[[str], None]] = None,
                   set_total: Optional[Callable[[int], None]] = None) -> dict:
-    """The report dict (see tools/benchmark.py); ``progress(text)`` is called after each run."""
+    """The report dict (see tools/benchmark.py); ``progress(text)`` is called after each run.
+
+    ``settings.malloc == 'cached'`` sets the process's CPU allocator first
+    (:func:`restv2_mm.utils.cpu_malloc.keep_freed_memory`); where that is impossible (no glibc)
+    a warning says so and the report says 'system'.
+    """
+    if settings.malloc == 'cached' and settings.device == 'cpu' and not keep_freed_memory():
+        warnings.warn("malloc='cached' needs glibc: the system allocator stays")
+        settings.malloc = 'system'
     names = [c.name for c in cands]
     if baseline not in names:
         baseline = None
