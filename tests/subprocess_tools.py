@@ -1,9 +1,11 @@
 """Run the project's command-line tools from tests, as a user would, and fail with their output.
 
-One helper for every end-to-end test: a non-zero exit fails the test with the command and the
-tail of its combined stdout + stderr, which is what one needs to see when a tool breaks.
+One helper for every end-to-end test (and a free port for the distributed launchers): a non-zero
+exit fails the test with the command and the tail of its combined stdout + stderr, which is
+what one needs to see when a tool breaks.
 """
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -24,3 +26,10 @@ def run_tool(script, *args, cwd=REPO, env=None, timeout=900) -> str:
     """``python tools/<script> ARGS`` (this interpreter) from ``cwd``; see :func:`run`."""
     return run([sys.executable, osp.join(REPO, 'tools', script), *map(str, args)], env=env,
                timeout=timeout, cwd=cwd)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a distributed launcher's --master_port."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]

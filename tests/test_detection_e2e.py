@@ -7,7 +7,6 @@ themselves into a temporary folder) and the runs one or two epochs long.
 import os
 import os.path as osp
 import re
-import socket
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ import torch
 from mmengine.config import Config
 
 import restv2_mm
-from subprocess_tools import run
+from subprocess_tools import free_port, run
 
 pytestmark = pytest.mark.slow
 
@@ -107,12 +106,6 @@ def test_train_test_resume(tiny_coco, tmp_path):
     # The checkpoint mmengine wrote holds nothing beyond the allow-list.
     from test_detection import assert_only_allowed_globals
     assert_only_allowed_globals(epoch2)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')

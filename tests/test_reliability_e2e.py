@@ -20,7 +20,6 @@ import os
 import os.path as osp
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from PIL import Image
 
 from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
 from restv2_mm.engine import checkpoint_problem, load_local_checkpoint
-from subprocess_tools import run
+from subprocess_tools import free_port, run
 
 pytestmark = pytest.mark.slow
 
@@ -115,12 +114,6 @@ def slow_disk_env(tmp_path_factory):
     (site / 'sitecustomize.py').write_text(SLOW_DISK)
     return dict(os.environ, PYTHONPATH=f'{site}{os.pathsep}{os.environ.get("PYTHONPATH", "")}',
                 RESTV2_TEST_SLOW_DISK='0.15')
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def start(command, env, log):
