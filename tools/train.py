@@ -16,7 +16,8 @@ import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch 
 from restv2_mm.datasets import ensure_tiny_dataset
 from restv2_mm.engine import check_checkpoint_file
 from restv2_mm.utils import check_pretrained_weights, load_tool_config
-from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
+from restv2_mm.utils.launch import (setup_cpu_distributed, shutdown_distributed,
+                                    use_fp32_without_cuda)
 
 
 def parse_args():
@@ -88,6 +89,7 @@ def main():
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
+    shutdown_distributed()
 
 
 if __name__ == '__main__':

@@ -62,6 +62,26 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
+def shutdown_distributed() -> bool:
+    """End a distributed run that succeeded: wait for every rank, then destroy the process
+    group. True if there was one.
+
+    mmengine does neither, and a rank can then abort after its work is done ('terminate called
+    without an active exception', SIGABRT, so torchrun reports the whole run as failed). The
+    last collectives (our RNG gather before a checkpoint, the evaluator's broadcast) pass
+    Python tensors to gloo; the worker thread that frees them needs the GIL, and when the main
+    thread runs on to interpreter shutdown first, that thread is killed inside a C++ destructor
+    (pytorch/pytorch#190489). ``barrier`` releases the GIL while it waits, so those frees finish
+    before it returns, and its own work holds no Python tensors. Not called on errors: a rank
+    that raised must not wait for peers that may never arrive.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
+    return True
+
+
 def _sync_bn_to_bn(model_cfg) -> bool:
     """Turn every ``norm_cfg`` of type SyncBN / MMSyncBN in a model config into BN."""
     changed = False
