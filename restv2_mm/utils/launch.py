@@ -67,13 +67,14 @@ def shutdown_distributed() -> bool:
     group. True if there was one.
 
     mmengine does neither, and a rank can then abort after its work is done ('terminate called
-    without an active exception', SIGABRT, so torchrun reports the whole run as failed). The
-    last collectives (our RNG gather before a checkpoint, the evaluator's broadcast) pass
-    Python tensors to gloo; the worker thread that frees them needs the GIL, and when the main
-    thread runs on to interpreter shutdown first, that thread is killed inside a C++ destructor
-    (pytorch/pytorch#190489). ``barrier`` releases the GIL while it waits, so those frees finish
-    before it returns, and its own work holds no Python tensors. Not called on errors: a rank
-    that raised must not wait for peers that may never arrive.
+    without an active exception', SIGABRT, so torchrun reports the whole run as failed). A
+    last collective such as the evaluator's broadcast passes Python tensors to gloo; the worker
+    thread that frees them needs the GIL, and when the main thread runs on to interpreter
+    shutdown first, that thread is killed inside a C++ destructor (pytorch/pytorch#190489).
+    ``barrier`` releases the GIL while it waits, so those frees finish before it returns, and
+    its own work holds no Python tensors (the RNG gather before each checkpoint ends with one
+    for the same reason). Not called on errors: a rank that raised must not wait for peers that
+    may never arrive.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return False
