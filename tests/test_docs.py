@@ -320,3 +320,128 @@ def test_layout_page_names_every_package_and_only_existing_paths():
                 and top != '__pycache__':
             assert any(n == top or n.startswith(top + '/') for n in named), \
                 f'docs/layout.md misses the folder {top}/'
+
+
+# ----------------------------------------------------------------------------- custom data
+CUSTOM_PAGE = 'docs/custom-dataset.md'
+# The tiny ADE20K classes in the order of the page's own-classes example, by their ADE20K label.
+TINY_ADE20K_IN_PAGE_ORDER = (1, 3, 4, 10, 8, 13, 21)
+
+
+def custom_dataset_configs():
+    """The config files docs/custom-dataset.md shows: {'configs/NAME.py': text}."""
+    return {m.group(1): block.text for block in code_blocks(read(CUSTOM_PAGE))
+            if block.lang == 'python' and (m := DEFINED_FILE.match(block.text))}
+
+
+def scratch_configs(folder, pages_configs):
+    """``folder``/configs: the repository's configs (linked) plus the page's files (written)."""
+    configs = osp.join(folder, 'configs')
+    os.makedirs(configs)
+    for entry in os.listdir(osp.join(REPO, 'configs')):
+        os.symlink(osp.join(REPO, 'configs', entry), osp.join(configs, entry))
+    for path, text in pages_configs.items():
+        with open(osp.join(folder, path), 'w') as f:
+            f.write(text)
+
+
+def write_data_folder(data_root, dataset_type):
+    """A tiny folder of the layout the config reads: COCO, ADE20K, or ADE20K renumbered 1..K."""
+    import cv2
+    import numpy as np
+
+    from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
+    from restv2_mm.datasets.tiny_coco import make_tiny_coco
+    if dataset_type == 'CocoDataset':
+        make_tiny_coco(data_root, num_train=4, num_val=2)
+        return
+    make_tiny_ade20k(data_root, num_train=2, num_val=2)
+    if dataset_type == 'BaseSegDataset':
+        # The page's own classes: label i is the i-th class of its list, 0 stays "no label".
+        lut = np.zeros(256, np.uint8)
+        for new, ade in enumerate(TINY_ADE20K_IN_PAGE_ORDER, start=1):
+            lut[ade] = new
+        for label_map in glob.glob(osp.join(data_root, 'annotations', '*', '*.png')):
+            cv2.imwrite(label_map, lut[cv2.imread(label_map, cv2.IMREAD_UNCHANGED)])
+
+
+@pytest.fixture(scope='module')
+def custom_dataset_workspace(tmp_path_factory):
+    """A folder as the page describes it: configs/ with the page's files, ImageNet weights at
+    checkpoints/restv2_tiny_224.pth (random, official layout); data folders are added per test."""
+    import torch
+    from reference_restv2 import random_official_state_dict
+    folder = str(tmp_path_factory.mktemp('custom_dataset'))
+    scratch_configs(folder, custom_dataset_configs())
+    os.makedirs(osp.join(folder, 'checkpoints'))
+    state_dict = random_official_state_dict('tiny', seed=3)
+    torch.save({'model': state_dict}, osp.join(folder, 'checkpoints', 'restv2_tiny_224.pth'))
+    return folder, state_dict
+
+
+def test_custom_dataset_page_shows_both_tasks():
+    configs = custom_dataset_configs()
+    assert {'configs/mask_rcnn_restv2_t_my_coco.py', 'configs/upernet_restv2_t_my_classes.py',
+            'configs/upernet_restv2_t_my_ade20k.py'} <= set(configs), sorted(configs)
+
+
+@pytest.mark.parametrize('config', sorted(custom_dataset_configs()))
+def test_custom_dataset_config_builds_as_the_page_says(config, custom_dataset_workspace,
+                                                       tmp_path, monkeypatch):
+    """Built as tools/train.py builds it: data, ImageNet weights, optimizer, schedule, metric."""
+    import torch
+    from mmengine.runner import Runner
+
+    from restv2_mm.utils.config import check_pretrained_weights, load_tool_config
+    from restv2_mm.utils.launch import use_fp32_without_cuda
+
+    folder, imagenet = custom_dataset_workspace
+    # Every config runs in its own folder (the ADE20K ones read data/my_ade/ with different
+    # labels), with the shared configs/ and checkpoints/.
+    monkeypatch.chdir(tmp_path)
+    for shared in ('configs', 'checkpoints'):
+        os.symlink(osp.join(folder, shared), shared)
+    cfg, scope = load_tool_config(config, work_dir=str(tmp_path / 'work'))
+    dataset_cfg = cfg.train_dataloader.dataset
+    write_data_folder(dataset_cfg.data_root, dataset_cfg.type)
+    check_pretrained_weights(cfg)
+    use_fp32_without_cuda(cfg)
+    runner = Runner.from_cfg(cfg)
+
+    model = runner.model
+    classes = cfg.get('classes')
+    if scope == 'mmdet':
+        heads = (model.roi_head.bbox_head, model.roi_head.mask_head)
+    else:
+        heads = (model.decode_head, model.auxiliary_head)
+    num_classes = len(classes) if classes else (80 if scope == 'mmdet' else 150)
+    assert [head.num_classes for head in heads] == [num_classes] * 2
+
+    # The ImageNet weights the config names load into the backbone.
+    model.init_weights()
+    stem = model.backbone.state_dict()['stem.proj.0.weight']
+    assert torch.equal(stem, imagenet['stem.proj.0.weight'])
+
+    for loader_cfg in (cfg.train_dataloader, cfg.test_dataloader):
+        loader = runner.build_dataloader(loader_cfg)
+        dataset = loader.dataset
+        if classes:
+            assert tuple(dataset.metainfo['classes']) == tuple(classes)
+        assert len(dataset) > 0
+        batch = next(iter(loader))
+        for sample in batch['data_samples']:
+            if scope == 'mmdet':
+                labels = sample.gt_instances.labels
+                assert len(labels) and int(labels.max()) < num_classes
+            else:
+                labels = sample.gt_sem_seg.data.unique()
+                real = labels[labels != 255]
+                assert len(real) and int(real.max()) < num_classes
+
+    optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+    schedulers = runner.build_param_scheduler(cfg.param_scheduler)
+    assert len(schedulers) == len(cfg.param_scheduler)
+    assert optim_wrapper.optimizer.param_groups
+    evaluator = runner.build_evaluator(cfg.test_evaluator)
+    evaluator.dataset_meta = runner.build_dataloader(cfg.test_dataloader).dataset.metainfo
+    assert evaluator.metrics
