@@ -26,8 +26,8 @@ import shlex
 import pytest
 import yaml
 
-from doc_commands import (REPO, code_blocks, logical_lines, quick_start, read, shell_commands,
-                          without_code_blocks)
+from doc_commands import (REPO, code_blocks, logical_lines, option_value, quick_start, read,
+                          shell_commands, without_code_blocks)
 
 PAGES = ['README.md'] + sorted(
     osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'docs', '*.md')))
@@ -48,10 +48,6 @@ NOT_TESTS = {'test_step'}
 LAUNCHED = {'dist_train.sh': 'train.py', 'slurm_train.sh': 'train.py', 'dist_test.sh': 'test.py'}
 # Files a page defines for the reader to save (a ```python block that starts `# configs/NAME.py`).
 DEFINED_FILE = re.compile(r'\A# ((?:configs)/[\w.-]+\.py)\n')
-
-
-def page_text(page):
-    return read(page)
 
 
 def defined_files():
@@ -243,7 +239,7 @@ def test_quick_starts_the_convergence_test_runs_are_complete():
     seg = quick_start('docs/segmentation.md', 'configs/upernet_restv2_t_tiny_ade20k.py')
     for commands in (det, seg):
         # The test command reads what training writes into its work dir.
-        work_dir = commands['train'][commands['train'].index('--work-dir') + 1]
+        work_dir = option_value(commands['train'], '--work-dir')
         assert commands['test'][3].startswith(work_dir + '/'), commands
         assert commands['demo'][4] == commands['test'][3], commands
     # The detection page shows the README's quick start, word for word.
@@ -313,7 +309,8 @@ def test_layout_page_names_every_package_and_only_existing_paths():
                 for p in glob.glob(osp.join(REPO, 'restv2_mm', '*', '__init__.py'))}
     modules = {osp.relpath(p, REPO) for p in glob.glob(osp.join(REPO, 'restv2_mm', '*.py'))
                if not p.endswith('__init__.py')}
-    assert packages | modules <= named, f'docs/layout.md misses {sorted(packages | modules - named)}'
+    unnamed = sorted((packages | modules) - named)
+    assert not unnamed, f'docs/layout.md misses {unnamed}'
     for top in os.listdir(REPO):
         if osp.isdir(osp.join(REPO, top)) and not top.startswith('.') and \
                 top not in ('data', 'work_dirs', 'checkpoints') and '.egg-info' not in top \
