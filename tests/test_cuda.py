@@ -14,6 +14,8 @@ and NCCL data-parallel training. Marked ``cuda`` and skipped without a CUDA devi
   SyncBN kept.
 No timing here: speed is tools/benchmark.py's job (tools/gpu_check.sh runs it on CUDA).
 """
+import importlib
+import logging
 import os
 import os.path as osp
 import re
@@ -81,18 +83,21 @@ def test_backbone_on_cuda_equals_cpu(monkeypatch, exact_fp32, style):
                                    msg=lambda m, name=name: f'{name}: {m}')
 
 
-@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
 @pytest.mark.parametrize('style', ['global', 'win'])
 def test_autocast_inference_close_to_fp32(dtype, style):
     model = backbone(style).cuda()
     x = torch.randn(1, 3, 193, 257, device='cuda')
+    dtypes = []  # of a linear layer's output (the outputs pass a LayerNorm: fp32 in autocast)
+    model.stages[0].blocks[0].attn.proj.register_forward_hook(
+        lambda module, args, out: dtypes.append(out.dtype))
     with torch.no_grad():
         ref = model(x)
         with torch.autocast('cuda', dtype=dtype):
             low = model(x)
+    assert dtypes == [torch.float32, dtype]
     for a, b in zip(low, ref):
-        assert a.dtype == dtype and torch.isfinite(a).all()
-        assert relative_error(a, b) < 2e-2
+        assert torch.isfinite(a).all() and relative_error(a, b) < 2e-2
 
 
 @pytest.mark.parametrize('style', ['global', 'hwin'])
@@ -107,8 +112,10 @@ def test_with_cp_gives_the_same_gradients(exact_fp32, style):
     for model in (plain.cuda().train(), ckpt.cuda().train()):
         outs = model(x)
         grads.append(torch.autograd.grad(loss_of(outs), list(model.parameters())))
+    # Equal up to the order of floating-point sums (cuDNN may pick non-deterministic kernels);
+    # a checkpointing mistake would be off by far more.
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
 def test_nms_and_roi_align_on_cuda_equal_mmcv_cpu_kernels():
@@ -125,9 +132,8 @@ def test_nms_and_roi_align_on_cuda_equal_mmcv_cpu_kernels():
     assert keep.is_cuda and torch.equal(keep.cpu(), ref_keep)
     torch.testing.assert_close(dets.cpu(), ref_dets)
 
-    feats = torch.randn(2, 16, 40, 48, generator=g)
-    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(),
-                      boxes[:30] / 8], 1)
+    feats = torch.randn(2, 16, 40, 48, generator=g)  # stride 8: a 320x384 image
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), boxes[:30]], 1)
     grad = torch.randn(30, 16, 7, 7, generator=g)
     results = []
     for device in ('cpu', 'cuda'):
@@ -145,13 +151,14 @@ def build_for_training(config, scope):
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
     init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    registry = importlib.import_module(f'{scope}.registry').MODELS
     cfg = load_config(osp.join(REPO, 'configs', config))
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)
     model = registry.build(cfg.model)
     logger = MMLogger.get_current_instance()
-    level, logger.level = logger.level, 50  # init_weights logs every tensor
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # init_weights logs every tensor
     try:
         model.init_weights()
     finally:
@@ -163,29 +170,22 @@ def build_for_training(config, scope):
     return model, build_optim_wrapper(model, cfg.optim_wrapper)
 
 
-def detection_batch(h, w, batch):
+def random_batch(scope, h, w, batch=2):
+    """What a data loader hands ``train_step``: uint8 images and samples with random ground
+    truth (boxes and masks, or label maps), as the benchmark's training mode makes them."""
     from restv2_mm.benchmark import Settings
     from restv2_mm.benchmark.candidates import data_samples
     g = torch.Generator().manual_seed(0)
-    samples = data_samples(Settings(shape=[h, w], batch=batch), 'mmdet', with_gt=True)
+    samples = data_samples(Settings(shape=[h, w], batch=batch), scope, with_gt=True)
     return dict(inputs=[torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
                         for _ in range(batch)], data_samples=samples)
 
 
-def segmentation_batch(h, w, batch):
-    from restv2_mm.benchmark import Settings
-    from restv2_mm.benchmark.candidates import data_samples
-    g = torch.Generator().manual_seed(0)
-    samples = data_samples(Settings(shape=[h, w], batch=batch), 'mmseg', with_gt=True)
-    return dict(inputs=[torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-                        for _ in range(batch)], data_samples=samples)
-
-
-@pytest.mark.parametrize('config, scope, make_batch', [
-    ('mask_rcnn_restv2_t.py', 'mmdet', lambda: detection_batch(320, 416, 2)),
-    ('upernet_restv2_t.py', 'mmseg', lambda: segmentation_batch(512, 512, 2)),
-])
-def test_train_step_with_amp_optim_wrapper(config, scope, make_batch):
+@pytest.mark.parametrize('config, scope, size', [
+    ('mask_rcnn_restv2_t.py', 'mmdet', (320, 416)),
+    ('upernet_restv2_t.py', 'mmseg', (512, 512)),  # the config's crop size
+], ids=['mask_rcnn', 'upernet'])
+def test_train_step_with_amp_optim_wrapper(config, scope, size):
     from mmengine.optim import AmpOptimWrapper
     from restv2_mm.utils.mmcv_cuda import route_cuda_ops_to_torchvision
     route_cuda_ops_to_torchvision()
@@ -198,7 +198,7 @@ def test_train_step_with_amp_optim_wrapper(config, scope, make_batch):
         lambda module, args, out: dtypes.append(out.dtype))
     losses = []
     for _ in range(5):  # the dynamic loss scale may skip the first steps (fp16 overflow)
-        log_vars = model.train_step(make_batch(), optim_wrapper)
+        log_vars = model.train_step(random_batch(scope, *size), optim_wrapper)
         losses.append(float(log_vars['loss']))
     hook.remove()
     assert dtypes == [torch.float16] * 5  # the backbone ran under fp16 autocast
@@ -232,8 +232,9 @@ def test_dist_train_one_gpu_over_nccl(tmp_path, kind):
     out = run(['bash', 'tools/dist_train.sh', config, '1', '--work-dir', work_dir,
                '--cfg-options', *options], env=env)
     assert 'Distributed training: True' in out
-    # The process group mmengine set up (env_cfg.dist_cfg), not restv2_mm.utils.launch's gloo.
-    assert re.search(r"backend\W{1,4}nccl", out) and 'gloo' not in out
+    # The process group mmengine set up (env_cfg.dist_cfg), not restv2_mm.utils.launch's gloo
+    # fallback for CPU machines.
+    assert re.search(r"backend\W{1,4}nccl", out) and 'No CUDA device' not in out
     if kind == 'detection':
         assert 'training in fp32' not in out  # the config's AmpOptimWrapper stays on a GPU
         assert [(e, i) for e, i, _ in train_log_lines(out)] == [(1, 1), (1, 2)]
