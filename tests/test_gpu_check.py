@@ -23,8 +23,8 @@ def test_dry_run_of_the_whole_check(tmp_path):
     # The cuda-tests step's dry run collects tests/test_cuda.py in a fresh pytest, which this
     # suite does anyway (its tests are skipped here): left out for time.
     out = run(['bash', 'tools/gpu_check.sh', '--dry-run', '--skip', 'cuda-tests',
-               '--out', str(tmp_path)], env=dict(os.environ, PYTHON=sys.executable),
-              timeout=600)
+               '--out', str(tmp_path), '--work', str(tmp_path / 'work')],
+              env=dict(os.environ, PYTHON=sys.executable), timeout=600)
     with open(tmp_path / 'gpu_check.json') as f:
         check = json.load(f)
     assert check['dry_run'] and set(check['steps']) == set(gpu_check.STEP_NAMES)
