@@ -14,8 +14,6 @@ and NCCL data-parallel training. Marked ``cuda`` and skipped without a CUDA devi
   SyncBN kept.
 No timing here: speed is tools/benchmark.py's job (tools/gpu_check.sh runs it on CUDA).
 """
-import importlib
-import logging
 import os
 import os.path as osp
 import re
@@ -28,6 +26,7 @@ import restv2_mm  # noqa: F401
 from restv2_mm.models.restv2 import ResTv2
 from restv2_mm.utils.flops import load_config
 from subprocess_tools import free_port, run
+from test_amp import build as build_model
 from test_cpu_fast_paths import backbone, count_fast_path_calls
 
 pytestmark = [pytest.mark.cuda,
@@ -147,27 +146,15 @@ def test_nms_and_roi_align_on_cuda_equal_mmcv_cpu_kernels():
 
 
 def build_for_training(config, scope):
-    from mmengine.logging import MMLogger
+    """The config's model (random weights, as tests/test_amp.py builds it) on the GPU, and its
+    optimizer wrapper, made an ``AmpOptimWrapper`` where the config has a plain one."""
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    registry = importlib.import_module(f'{scope}.registry').MODELS
-    cfg = load_config(osp.join(REPO, 'configs', config))
-    cfg.model.backbone.init_cfg = None
-    torch.manual_seed(0)
-    model = registry.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # init_weights logs every tensor
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    model = model.cuda().train()
-    if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'  # what tools/train.py --amp does
-        cfg.optim_wrapper.loss_scale = 'dynamic'
-    return model, build_optim_wrapper(model, cfg.optim_wrapper)
+    model = build_model(config, scope).cuda().train()
+    optim_wrapper = load_config(osp.join(REPO, 'configs', config)).optim_wrapper
+    if optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+        optim_wrapper.type = 'AmpOptimWrapper'  # what tools/train.py --amp does
+        optim_wrapper.loss_scale = 'dynamic'
+    return model, build_optim_wrapper(model, optim_wrapper)
 
 
 def random_batch(scope, h, w, batch=2):
