@@ -57,7 +57,8 @@ def backbone_features(sd, arch, image):
     """res2..res5 of the release's D2 backbone: the ResTv2 stage maps through ``norm_{k}.0``."""
     official = {k[len(BACKBONE):]: v for k, v in sd.items() if k.startswith(BACKBONE)}
     maps = reference_forward(official, arch, image)
-    return [channels_first_layer_norm(m, official[f'norm_{k}.0.weight'], official[f'norm_{k}.0.bias'])
+    return [channels_first_layer_norm(m, official[f'norm_{k}.0.weight'],
+                                      official[f'norm_{k}.0.bias'])
             for k, m in enumerate(maps, start=1)]
 
 
@@ -222,7 +223,8 @@ def pool(levels, boxes, out):
 
 
 def box_head(sd, levels, proposals, height, width):
-    """(boxes, scores, classes) of the detections, best score first."""
+    """(boxes, scores, classes) of the detections, best score first, and the (R, 80) class
+    scores of all proposals."""
     x = pool(levels, proposals, 7).flatten(1)
     x = F.relu(F.linear(x, sd['roi_heads.box_head.fc1.weight'], sd['roi_heads.box_head.fc1.bias']))
     x = F.relu(F.linear(x, sd['roi_heads.box_head.fc2.weight'], sd['roi_heads.box_head.fc2.bias']))
@@ -235,9 +237,10 @@ def box_head(sd, levels, proposals, height, width):
                  height, width)
     passed = scores > SCORE_THRESH
     rows_classes = torch.nonzero(passed)
+    all_scores = scores
     boxes, scores = boxes[passed], scores[passed]
     keep = batched_nms(boxes, scores, rows_classes[:, 1], BOX_NMS)[:DETECTIONS_PER_IMAGE]
-    return boxes[keep], scores[keep], rows_classes[keep, 1]
+    return boxes[keep], scores[keep], rows_classes[keep, 1], all_scores
 
 
 def mask_head(sd, levels, boxes, classes):
@@ -269,17 +272,18 @@ def paste_mask(mask, box, height, width, threshold=0.5):
 @torch.no_grad()
 def d2_mask_rcnn_inference(sd, arch, image):
     """Detections of the release's Mask R-CNN on one normalised, 32-aligned (1, 3, H, W) image:
-    dict of boxes (N, 4), scores (N, ), classes (N, ) and masks (N, H, W), best score first."""
+    dict of boxes (N, 4), scores (N, ), classes (N, ) and masks (N, H, W), best score first;
+    also the proposals (R, 4) and their class scores (R, 80)."""
     height, width = image.shape[-2:]
     assert height % 32 == 0 and width % 32 == 0, 'Detectron2 pads its input to multiples of 32'
     levels = fpn(sd, backbone_features(sd, arch, image))
     proposals = rpn(sd, levels, height, width)
-    boxes, scores, classes = box_head(sd, {k: levels[k] for k in range(2, 6)}, proposals,
-                                      height, width)
+    boxes, scores, classes, class_scores = box_head(sd, {k: levels[k] for k in range(2, 6)},
+                                                    proposals, height, width)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
     probs = mask_head(sd, {k: levels[k] for k in range(2, 6)}, boxes, classes)
     masks = torch.stack([paste_mask(p, b, height, width) for p, b in zip(probs, boxes)]) \
         if len(boxes) else torch.zeros(0, height, width, dtype=torch.bool)
     return {'boxes': boxes, 'scores': scores, 'classes': classes, 'masks': masks,
-            'proposals': proposals}
+            'proposals': proposals, 'class_scores': class_scores}

@@ -3,7 +3,7 @@ UperNet) for restv2_mm's configs.
 
     python tools/convert_official.py restv2_tiny_224.pth checkpoints/restv2_tiny_mm.pth
     python tools/convert_official.py model_final.pth checkpoints/mask_rcnn_restv2_t_release.pth
-    python tools/convert_official.py upernet_restv2_t.pth out.pth --config configs/upernet_restv2_t.py
+    python tools/convert_official.py upernet.pth out.pth --config configs/upernet_restv2_t.py
 
 What the file is comes from its keys: an ImageNet classifier (or other backbone weights) gives
 backbone weights for ``model.backbone.init_cfg`` (the classifier's ``norm.*``/``head.*`` are
@@ -16,6 +16,7 @@ the release-test config of the file's arch) with a strict load before it is writ
 import argparse
 
 from restv2_mm.converters import convert_checkpoint
+from restv2_mm.converters.convert import ARCH_LETTERS
 
 
 def main():
@@ -32,9 +33,13 @@ def main():
               + ', '.join(report.left_out))
     for warning in report.warnings:
         print(f'warning: {warning}')
-    if report.config is not None:
-        checked = 'strict load into its model' if report.task != 'backbone' else 'arch'
-        print(f'for {report.config} (checked: {checked})')
+    if report.task == 'backbone':
+        letter = ARCH_LETTERS[report.arch].upper()
+        target = f'any ResTv2-{letter} config' if report.config is None else report.config
+        print(f'for model.backbone.init_cfg of {target} (checked: every tensor of '
+              f"ResTv2(arch='{report.arch}') but its output norms is in the file, with its shape)")
+    else:
+        print(f'for {report.config} (checked: strict load into its model)')
     if report.default_config is not None:
         print(f'   the same network as {report.default_config} (our test pipeline)')
     dataset = f', dataset_meta: {report.dataset} classes and palette' if report.dataset else ''

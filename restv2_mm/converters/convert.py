@@ -21,14 +21,14 @@ import io
 import os.path as osp
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..engine.atomic_io import atomic_write_bytes
 from .loading import read_checkpoint
-from .official import backbone_state_dict, unwrap_state_dict
+from .official import backbone_state_dict, is_official_layout, unwrap_state_dict
 from .released import (BACKBONE, DETECTION, RELEASED_TENSORS, SEGMENTATION, ArchMismatchError,
                        ConversionError, ModelMismatchError, TaskMismatchError, TensorCountError,
                        check_not_restv1, convert_released, find_released_layout, identify_arch,
@@ -67,7 +67,8 @@ def to_tensors(state_dict: Mapping, path: str) -> 'OrderedDict[str, torch.Tensor
     for key, value in state_dict.items():
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in 'fiub':
-                raise ConversionError(f'{path}: {key} is a numpy array of {value.dtype}, not numbers')
+                raise ConversionError(f'{path}: {key} is a numpy array of {value.dtype}, '
+                                      'not of numbers')
             value = torch.from_numpy(np.array(value, order='C'))  # a copy; keeps 0-d arrays 0-d
         if not isinstance(value, torch.Tensor):
             raise ConversionError(f'{path}: {key} holds a {type(value).__name__}, not a tensor')
@@ -75,19 +76,21 @@ def to_tensors(state_dict: Mapping, path: str) -> 'OrderedDict[str, torch.Tensor
     return out
 
 
-def count_params(state_dict: Mapping) -> int:
+def state_dict_params(state_dict: Mapping) -> int:
     """Parameters of a state dict (BatchNorm running statistics and counters excluded)."""
     return sum(v.numel() for k, v in state_dict.items()
                if 'running_' not in k and 'num_batches_tracked' not in k)
 
 
-def _repo_path(path: str) -> str:
-    return path if osp.isabs(path) else osp.join(ROOT, path)
-
-
-def _shown(path: str) -> str:
-    relative = osp.relpath(osp.abspath(path), ROOT)
-    return path if relative.startswith('..') else relative
+def resolve_config(config: str) -> Tuple[str, str]:
+    """(absolute path, name to show) of a config given as a path, or relative to the repository
+    (``configs/...`` works from any working directory)."""
+    found_here = osp.exists(config) or osp.isabs(config)
+    path = osp.abspath(config if found_here else osp.join(ROOT, config))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config {config} does not exist')
+    relative = osp.relpath(path, ROOT)
+    return path, (config if relative.startswith('..') else relative)
 
 
 def _config_backbone(cfg, config: str) -> dict:
@@ -110,9 +113,10 @@ def _arch_name(arch) -> str:
 
 
 def check_config(config: str, task: str, arch: str, found: str):
-    """The config as an mmengine Config, after checking its task and arch against the file's."""
+    """The config (shown as ``config``) as an mmengine Config, after checking its task and arch
+    against the file's."""
     from ..utils.config import config_scope
-    cfg = read_config(config)
+    cfg = read_config(resolve_config(config)[0])
     scope = config_scope(cfg)
     if task != BACKBONE and scope != TASK_SCOPES[task]:
         raise TaskMismatchError(
@@ -153,19 +157,15 @@ def _build_model(cfg) -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=16)
-def _read_config(path: str, mtime: float):
+def _parsed_config(path: str, mtime: float):
     from mmengine.config import Config
     return Config.fromfile(path)
 
 
-def read_config(config: str):
-    """A copy of the config at ``config`` (relative paths: from the working directory, else from
-    the repository). Configs are parsed once per process: mmengine reads every metafile of
-    mmdet / mmseg for each ``mmdet::`` / ``mmseg::`` base, which takes seconds."""
-    path = config if osp.exists(config) else _repo_path(config)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config {config} does not exist')
-    return copy.deepcopy(_read_config(osp.abspath(path), osp.getmtime(path)))
+def read_config(path: str):
+    """A copy of the config at ``path``. Configs are parsed once per process: for each
+    ``mmdet::`` / ``mmseg::`` base mmengine reads every metafile of the library (seconds)."""
+    return copy.deepcopy(_parsed_config(path, osp.getmtime(path)))
 
 
 def dataset_meta(task: str) -> Dict[str, list]:
@@ -190,14 +190,20 @@ def _convert_backbone(state_dict, src, config) -> tuple:
     from ..models.restv2 import ResTv2
     backbone = backbone_state_dict(state_dict)
     arch = identify_arch(backbone)
-    found = f'{src}: ResTv2-{ARCH_LETTERS[arch].upper()} backbone weights (ImageNet classifier layout or ours)'
+    if is_official_layout(state_dict):
+        kind = 'an ImageNet classifier in the official layout (its norm.* and head.* dropped)'
+    elif any(k.startswith('backbone.') for k in state_dict):
+        kind = 'a whole-model checkpoint in our layout (its backbone taken)'
+    else:
+        kind = 'backbone weights in our layout'
+    found = f'{src}: {kind}, ResTv2-{ARCH_LETTERS[arch].upper()}'
     if config is not None:
         check_config(config, BACKBONE, arch, found)
     style = 'cwin' if any('.cross_window_conv.' in k for k in backbone) else 'global'
     # The backbone's own check: every tensor but the downstream-only output norms / CWin convs.
     ResTv2(arch, attn_style=style).load_pretrained_state_dict(backbone, source=src)
     report = ConversionReport(found=found, task=BACKBONE, arch=arch, tensors=len(backbone),
-                              params=count_params(backbone), config=config)
+                              params=state_dict_params(backbone), config=config)
     return backbone, report
 
 
@@ -205,19 +211,24 @@ def _convert_released(state_dict, layout, src, config) -> tuple:
     converted, left_out = convert_released(state_dict, layout)
     arch = identify_arch(strip_prefix(converted, 'backbone.'))
     letter = ARCH_LETTERS[arch].upper()
-    found = f'{src}: {layout.description} with a ResTv2-{letter} backbone ({len(converted)} tensors)'
+    found = (f'{src}: {layout.description} with a ResTv2-{letter} backbone '
+             f'({len(converted)} tensors)')
     if arch not in RELEASED_TENSORS[layout.task]:
         raise ArchMismatchError(f'{found}: no ResTv2-{letter} {layout.description} was released '
                                 'and no config of this project builds one')
-    config = config or RELEASE_TEST_CONFIGS[layout.task].format(ARCH_LETTERS[arch])
+    default_config = None
+    if config is None:  # the release-test config, and the default config of the same network
+        config = RELEASE_TEST_CONFIGS[layout.task].format(ARCH_LETTERS[arch])
+        default_config = DEFAULT_CONFIGS[layout.task].format(ARCH_LETTERS[arch])
     cfg = check_config(config, layout.task, arch, found)
     warnings = []
     style = _config_backbone(cfg, config).get('attn_style', 'global')
+    release_test = RELEASE_TEST_CONFIGS[layout.task].format(ARCH_LETTERS[arch])
     if style != 'global':
         warnings.append(
             f'{config} uses {style!r} attention, but the released models were trained with '
-            "Global attention: the same tensors load, yet the network computes something else "
-            f'than the one the paper evaluated. Use {RELEASE_TEST_CONFIGS[layout.task].format(ARCH_LETTERS[arch])} to evaluate it.')
+            'Global attention: the same tensors load, yet the network computes something else '
+            f'than the one the paper evaluated. Use {release_test} to evaluate it.')
     model = _build_model(cfg)
     if style == 'cwin':  # no cross-window convs in the release: they keep their zero init
         own = model.state_dict()
@@ -240,8 +251,8 @@ def _convert_released(state_dict, layout, src, config) -> tuple:
     model.load_state_dict(converted, strict=True)  # the real thing, after the readable check
     report = ConversionReport(
         found=found, task=layout.task, arch=arch, tensors=len(converted),
-        params=count_params(converted), config=config,
-        default_config=DEFAULT_CONFIGS[layout.task].format(ARCH_LETTERS[arch]),
+        params=state_dict_params(converted), config=config,
+        default_config=default_config,
         dataset='COCO' if layout.task == DETECTION else 'ADE20K', left_out=left_out,
         warnings=warnings)
     return converted, report
@@ -256,8 +267,8 @@ def convert_checkpoint(src: str, dst: str, config: Optional[str] = None) -> Conv
     subclass, or :class:`~restv2_mm.engine.checkpoint_files.CheckpointFileError`, naming the
     problem; nothing is written then.
     """
-    if config is not None and not osp.isabs(config) and osp.exists(config):
-        config = _shown(config)
+    if config is not None:
+        config = resolve_config(config)[1]
     state_dict = to_tensors(unwrap_state_dict(read_checkpoint(src)), src)
     check_not_restv1(state_dict, src)
     layout = find_released_layout(state_dict)

@@ -76,7 +76,15 @@ def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[s
     Accepts the official layouts (wrapped, ``module.``-prefixed or bare), converted copies, and
     whole detector / segmentor checkpoints (their ``backbone.`` part is taken).
     """
+    from .released import find_released_layout  # (it imports this module)
     state_dict = unwrap_state_dict(checkpoint)
+    layout = find_released_layout(state_dict)
+    if layout is not None:
+        raise ValueError(
+            f"this is one of the authors' released {layout.description} checkpoints, not in the "
+            'layout of our configs: convert it with `python tools/convert_official.py SRC DST`, '
+            'then test DST with tools/test.py (or load_from), or point init_cfg at DST to start '
+            'from its backbone')
     prefix = prefix or ('backbone.' if any(k.startswith('backbone.') for k in state_dict) else '')
     if prefix:
         if not prefix.endswith('.'):

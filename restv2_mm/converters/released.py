@@ -86,15 +86,18 @@ def _stage_index(offset: int):
 # (weight / bias) is kept.
 _D2_HEAD_RULES: Sequence[_Rule] = (
     # fpn_lateral{2..5}: 2 = log2(stride 4), i.e. our level 0
-    _rule(r'^backbone\.fpn_lateral([2-5])\.', lambda m: f'neck.lateral_convs.{int(m[1]) - 2}.conv.'),
+    _rule(r'^backbone\.fpn_lateral([2-5])\.',
+          lambda m: f'neck.lateral_convs.{int(m[1]) - 2}.conv.'),
     _rule(r'^backbone\.fpn_output([2-5])\.', lambda m: f'neck.fpn_convs.{int(m[1]) - 2}.conv.'),
     _rule(r'^proposal_generator\.rpn_head\.conv\.', 'rpn_head.rpn_conv.'),
     _rule(r'^proposal_generator\.rpn_head\.objectness_logits\.', 'rpn_head.rpn_cls.'),
     _rule(r'^proposal_generator\.rpn_head\.anchor_deltas\.', 'rpn_head.rpn_reg.'),
-    _rule(r'^roi_heads\.box_head\.fc([12])\.', lambda m: f'roi_head.bbox_head.shared_fcs.{int(m[1]) - 1}.'),
+    _rule(r'^roi_heads\.box_head\.fc([12])\.',
+          lambda m: f'roi_head.bbox_head.shared_fcs.{int(m[1]) - 1}.'),
     _rule(r'^roi_heads\.box_predictor\.cls_score\.', 'roi_head.bbox_head.fc_cls.'),
     _rule(r'^roi_heads\.box_predictor\.bbox_pred\.', 'roi_head.bbox_head.fc_reg.'),
-    _rule(r'^roi_heads\.mask_head\.mask_fcn([1-4])\.', lambda m: f'roi_head.mask_head.convs.{int(m[1]) - 1}.conv.'),
+    _rule(r'^roi_heads\.mask_head\.mask_fcn([1-4])\.',
+          lambda m: f'roi_head.mask_head.convs.{int(m[1]) - 1}.conv.'),
     _rule(r'^roi_heads\.mask_head\.deconv\.', 'roi_head.mask_head.upsample.'),
     _rule(r'^roi_heads\.mask_head\.predictor\.', 'roi_head.mask_head.conv_logits.'),
 )
@@ -157,10 +160,12 @@ def restv1_evidence(state_dict: Mapping) -> List[str]:
     ``stem.conv1``/``bn1``/... where ResTv2's is ``stem.proj.*`` (release ``rest.py``).
     """
     keys = list(state_dict)
-    markers = [k for k in keys if '.attn.transform_conv.' in k or re.search(r'(^|\.)stem\.conv1\.', k)]
+    markers = [k for k in keys
+               if '.attn.transform_conv.' in k or re.search(r'(^|\.)stem\.conv1\.', k)]
     if markers:
         return markers[:3]
-    blocks = [k for k in keys if re.search(r'(^|\.)(stage[1-4]\.|stages\.\d\.blocks\.)\d+\.attn\.', k)]
+    blocks = [k for k in keys
+              if re.search(r'(^|\.)(stage[1-4]\.|stages\.\d\.blocks\.)\d+\.attn\.', k)]
     if blocks and not any('.attn.up.0.' in k for k in blocks):
         return blocks[:3]
     return []
@@ -213,7 +218,8 @@ def convert_released(state_dict: Mapping, layout: ReleasedLayout
         origin[new] = key
         out[new] = value
     if unknown:
-        shown = ', '.join(unknown[:8]) + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else '')
+        more = f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''
+        shown = ', '.join(unknown[:8]) + more
         raise UnknownKeysError(
             f'{len(unknown)} key(s) of this {layout.description} checkpoint match no known '
             f'tensor of the released model: {shown}. Nothing is dropped in silence; if the file '
