@@ -248,18 +248,23 @@ def test_mask_rcnn_equals_the_detectron2_transcription(d2_tiny):
     # The proposals first (RPN anchors, deltas, per-level top-k, NMS, clipping) ...
     sample = DetDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96),
                                          scale_factor=(1., 1.)))
-    with torch.no_grad():
-        proposals = model.rpn_head.predict(model.extract_feat(image), [sample], rescale=False)[0]
-    assert len(proposals) == len(ref['proposals'])
-    torch.testing.assert_close(proposals.bboxes, ref['proposals'], rtol=1e-4, atol=1e-3)
+
+    def proposals():
+        with torch.no_grad():
+            return model.rpn_head.predict(model.extract_feat(image), [sample], rescale=False)[0]
+
+    ours = proposals().bboxes
+    assert len(ours) == len(ref['proposals'])
+    torch.testing.assert_close(ours, ref['proposals'], rtol=1e-4, atol=1e-3)
     # ... then the detections with their masks.
     assert_same_detections(mmdet_predict(model, image), ref)
     # Control: the output norms matter, so a converter that dropped them would fail above.
     for i in range(4):
         torch.nn.init.ones_(getattr(model.backbone, f'norm{i}').weight)
         torch.nn.init.zeros_(getattr(model.backbone, f'norm{i}').bias)
-    with pytest.raises(AssertionError):
-        assert_same_detections(mmdet_predict(model, image), ref)
+    without_norms = proposals().bboxes
+    assert without_norms.shape != ref['proposals'].shape or \
+        (without_norms - ref['proposals']).abs().max() > 1.
 
 
 def reference_upernet_logits(sd, image):
@@ -535,7 +540,8 @@ TINY_RUNS = {  # kind: (tiny quick-start config, a metric tools/test.py prints)
 @pytest.mark.parametrize('kind', sorted(TINY_RUNS))
 def test_command_line_then_tools_test_on_the_tiny_sets(tmp_path, kind):
     """As docs/released-models.md says: convert a released file, then tools/test.py on the tiny
-    set with the converted checkpoint (the quick-start configs build the T networks)."""
+    set with the converted checkpoint (the quick-start configs build the T networks); here on
+    four of the set's images (random heads give up to 100 detections per image)."""
     tiny_config, metric = TINY_RUNS[kind]
     task = 'd2' if kind == 'd2_pkl' else 'mmseg'
     sd = random_d2_state_dict('tiny') if task == 'd2' else random_mmseg_state_dict('tiny')
@@ -547,5 +553,6 @@ def test_command_line_then_tools_test_on_the_tiny_sets(tmp_path, kind):
     tensors = (D2_TENSORS if task == 'd2' else MMSEG_TENSORS)['tiny']
     assert f'wrote {dst}: {tensors} tensors' in out
     out = run_tool('test.py', osp.join(REPO, tiny_config), dst, '--work-dir', tmp_path / 'work',
+                   '--cfg-options', 'test_dataloader.dataset.indices=4',
                    cwd=tmp_path)  # the tiny set is written to tmp_path/data on the way
     assert metric in out and 'do not match exactly' not in out, out[-3000:]
