@@ -11,7 +11,7 @@ import pickle
 
 import torch
 
-from reference_restv2 import ARCHS, official_shapes, random_official_state_dict
+from reference_restv2 import ARCHS, official_shapes
 
 ARCH_LETTERS = {'tiny': 't', 'small': 's', 'base': 'b'}
 # Whole-file tensor counts (facts §0.4).
@@ -142,13 +142,6 @@ def random_d2_state_dict(arch, seed=0):
 
 def random_mmseg_state_dict(arch, seed=0):
     return random_released_state_dict(mmseg_shapes(arch), seed)
-
-
-def backbone_from_imagenet(arch, seed=1):
-    """The ImageNet test weights of ``arch`` (official names), for a backbone shared with the
-    classifier tests."""
-    return {k: v for k, v in random_official_state_dict(arch, seed).items()
-            if not k.startswith(('norm.', 'head.'))}
 
 
 def write_d2_pth(path, model, version='v0.6'):

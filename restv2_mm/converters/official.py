@@ -6,7 +6,7 @@ classifier's ``norm.*`` and ``head.*``. Ours: ``stem.*``, ``stages.{s}.downsampl
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping
+from typing import Mapping
 
 import torch
 
