@@ -157,7 +157,7 @@ def test_loader_names_file_and_problem(tmp_path, good_checkpoint):
 def test_backbone_pretrained_and_converter_name_bad_files(tmp_path, good_checkpoint):
     from mmdet.registry import MODELS
 
-    from restv2_mm.converters import save_converted
+    from restv2_mm.converters import convert_checkpoint
     for name, (path, words) in bad_files(tmp_path, good_checkpoint).items():
         backbone = MODELS.build(dict(
             type='ResTv2', arch=dict(embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
@@ -166,7 +166,7 @@ def test_backbone_pretrained_and_converter_name_bad_files(tmp_path, good_checkpo
         with pytest.raises(CheckpointFileError, match=words):
             backbone.init_weights()
         with pytest.raises(CheckpointFileError, match=words):
-            save_converted(path, str(tmp_path / f'{name}_converted.pth'))
+            convert_checkpoint(path, str(tmp_path / f'{name}_converted.pth'))
         assert not osp.exists(tmp_path / f'{name}_converted.pth')
 
 
