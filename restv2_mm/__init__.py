@@ -10,6 +10,7 @@ from .engine import (allow_mmengine_checkpoints, make_image_loading_explicit,
 from .models import ResTv2
 from .registry import register_backbone, register_optim_constructor
 from .utils.flops import count_sdpa_in_flop_analyzers
+from .utils.launch import release_process_groups_at_exit
 from .version import __version__
 
 REGISTERED_SCOPES = register_backbone()
@@ -18,5 +19,6 @@ count_sdpa_in_flop_analyzers()  # stock get_flops tools count EMSAv2's attention
 allow_mmengine_checkpoints()
 make_training_crash_safe()  # atomic checkpoints, resume skips truncated ones, RNG states resumed
 make_image_loading_explicit()  # unreadable images raise errors naming the file
+release_process_groups_at_exit()  # gloo's threads cannot abort the interpreter's shutdown
 
 __all__ = ['ResTv2', 'REGISTERED_SCOPES', '__version__']

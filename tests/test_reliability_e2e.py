@@ -31,7 +31,7 @@ from PIL import Image
 
 from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
 from restv2_mm.engine import checkpoint_problem, load_local_checkpoint
-from subprocess_tools import free_port, run
+from subprocess_tools import launcher_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -234,7 +234,7 @@ def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, s
     config = seg_config(tmp_path, seg_data, max_iters=3, frozen_stages=1, with_cp=True)
     work = str(tmp_path / 'work')
     command = ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work]
-    env = dict(slow_disk_env, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    env = launcher_env(slow_disk_env)
     with open(tmp_path / 'run1.log', 'w') as log:
         proc = start(command, env, log)
         kill_when(proc, lambda: temporaries(work, 'iter_2.pth'))
@@ -242,8 +242,7 @@ def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, s
     assert 'rank 0 of 2 CPU processes' in out and 'Iter(train) [1/3]' in out
     assert pointer(work) == osp.join(work, 'iter_1.pth')
 
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
-    out = run(command + ['--resume'], env=env)
+    out = run(command + ['--resume'], env=launcher_env())
     assert 'resumed epoch: 0, iter: 1' in out and 'Restored the RNG states' in out
     assert re.findall(r'Iter\(train\) \[(\d)/3\]', out) == ['2', '3']
     final = load_local_checkpoint(osp.join(work, 'iter_3.pth'))
