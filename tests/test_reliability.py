@@ -372,6 +372,7 @@ RANK_SCRIPT = """
 import atexit
 import ctypes
 import datetime
+import os
 import sys
 import time
 
@@ -382,7 +383,8 @@ import restv2_mm  # noqa: F401  (registers the release of process groups at exit
 from restv2_mm.engine.crash_safe_training import gather_rng_states
 from restv2_mm.utils import launch
 
-rank, port, run_id, ending = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rank, port, pipe = (int(sys.argv[i]) for i in (1, 2, 5))
+run_id, ending = sys.argv[3:5]
 store = dist.PrefixStore(run_id, dist.TCPStore('127.0.0.1', port, is_master=False))
 dist.init_process_group('gloo', store=store, rank=rank, world_size=2,
                         timeout=datetime.timedelta(minutes=15))
@@ -419,7 +421,7 @@ class LetGoOfTheGilDuringShutdown:
 if ending == 'rng-gather':  # a checkpoint as the run's last step, then the script just ends
     assert len(gather_rng_states()) == 2
 elif ending.startswith('forced') and rank == 1:
-    store.wait(['rank 0 exits'])
+    os.read(pipe, 1)  # until rank 0 runs its exit handlers
     dist.all_gather(outputs, inputs)
 elif ending.startswith('forced'):
     if ending == 'forced-unguarded':  # what torch alone does
@@ -430,11 +432,12 @@ elif ending.startswith('forced'):
     def let_rank_1_join_while_holding_the_gil():
         # Registered after restv2_mm's release, so it runs before it. Rank 1 completes the
         # gather; gloo's worker, dropping the work item, decrefs our tensors' Python objects
-        # and makes a thread state to wait for the GIL, which this thread keeps (it never
-        # blocks, and a 1000 s switch interval never hands the GIL over) until then.
+        # and makes a thread state to wait for the GIL, which this thread keeps until then: it
+        # never blocks (libc's write through PyDLL keeps the GIL, unlike os.write), and a
+        # 1000 s switch interval never hands the GIL over.
         sys.setswitchinterval(1000.0)
         others = thread_states()
-        store.set('rank 0 exits', '1')
+        ctypes.PyDLL(None).write(pipe, b'x', 1)
         while thread_states() == others:
             pass
 
@@ -464,10 +467,15 @@ def rendezvous():
 
 
 def start_ranks(script, store, run_id, ending):
+    """Two ranks; a pipe lets rank 0 tell rank 1 when to go on (without giving up the GIL)."""
     env = dict(os.environ, PYTHONPATH=REPO)
-    return [subprocess.Popen([sys.executable, script, str(rank), str(store.port), run_id, ending],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for rank in range(2)]
+    read_end, write_end = os.pipe()
+    ranks = [subprocess.Popen([sys.executable, script, str(rank), str(store.port), run_id, ending,
+                               str(fd)], env=env, pass_fds=(fd,), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for rank, fd in enumerate((write_end, read_end))]
+    os.close(read_end), os.close(write_end)
+    return ranks
 
 
 def finish(proc, timeout=300):
