@@ -532,6 +532,35 @@ def test_a_rank_that_raised_leaves_at_once(rank_script, rendezvous):
     assert code1 == 0, out1
 
 
+def threads_of_this_process():
+    return len(os.listdir('/proc/self/task'))
+
+
+@pytest.mark.skipif(not osp.isdir('/proc/self/task'), reason='counts threads through /proc')
+def test_release_joins_gloo_threads_and_warns_about_a_group_kept_alive():
+    """In this process, world size 1: the release destroys the group and its threads are gone
+    when it returns (the join), unless something still holds the group, which it says."""
+    import torch.distributed as dist
+    from restv2_mm.utils.launch import release_process_groups
+    assert not dist.is_initialized()
+    for attempt in range(2):  # the first one starts whatever torch starts lazily, once
+        before = threads_of_this_process()
+        dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+        assert threads_of_this_process() > before  # gloo's worker and transport threads
+        dist.all_reduce(torch.ones(3))
+        assert release_process_groups() and not dist.is_initialized()
+    assert threads_of_this_process() == before
+    assert not release_process_groups()  # nothing left
+
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    kept = dist.group.WORLD  # like a Runner held in a global variable
+    with pytest.warns(UserWarning, match='process group is still referenced'):
+        assert release_process_groups()
+    assert threads_of_this_process() > before
+    del kept
+    assert threads_of_this_process() == before
+
+
 # ----------------------------------------------------------------------------- RNG states
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
