@@ -1,5 +1,6 @@
 """Fast reliability checks: atomic writes, resume candidate selection, RNG state round trips,
-and named errors for bad checkpoint and image files at every entry point.
+named errors for bad checkpoint and image files at every entry point, and the exit of
+distributed ranks (two gloo processes each; docs/distributed.md).
 
 The slow, real-process versions (kill -9 during a checkpoint write, resume, odd images through
 the tools) are in tests/test_reliability_e2e.py.
