@@ -14,10 +14,8 @@ and NCCL data-parallel training. Marked ``cuda`` and skipped without a CUDA devi
   SyncBN kept.
 No timing here: speed is tools/benchmark.py's job (tools/gpu_check.sh runs it on CUDA).
 """
-import os
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ import torch
 import restv2_mm  # noqa: F401
 from restv2_mm.models.restv2 import ResTv2
 from restv2_mm.utils.flops import load_config
-from subprocess_tools import free_port, run
+from subprocess_tools import launcher_env, run
 from test_amp import build as build_model
 from test_cpu_fast_paths import backbone, count_fast_path_calls
 
@@ -215,7 +213,7 @@ def test_dist_train_one_gpu_over_nccl(tmp_path, kind):
     else:
         config = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
         options = seg_tiny_options(data_root)
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    env = launcher_env()
     out = run(['bash', 'tools/dist_train.sh', config, '1', '--work-dir', work_dir,
                '--cfg-options', *options], env=env)
     assert 'Distributed training: True' in out
