@@ -183,12 +183,16 @@ def test_named_modules_and_their_names_exist(page):
 
 
 def declared_options(tool):
-    """The `--options` a tool's own file or the restv2_mm code it imports declares."""
-    sources = [osp.join(REPO, 'tools', tool)]
-    if tool.endswith('.py'):
-        sources += glob.glob(osp.join(REPO, 'restv2_mm', '**', '*.py'), recursive=True)
-    text = '\n'.join(open(s, encoding='utf-8').read() for s in sources)
-    return set(re.findall(r"""['"](--[a-z][\w-]*)['"]""", text))
+    """The `--options` a tool declares: in its own file (a .sh tool in its `case`: `--name)`) or
+    in the restv2_mm code it runs (a .py tool's imports; a .sh tool's `python -m restv2_mm...`)."""
+    with open(osp.join(REPO, 'tools', tool), encoding='utf-8') as f:
+        text = f.read()
+    declared = set(re.findall(r'^\s*(--[a-z][\w-]*)\)', text, re.M))
+    if tool.endswith('.py') or re.search(r'-m restv2_mm\b', text):
+        for source in glob.glob(osp.join(REPO, 'restv2_mm', '**', '*.py'), recursive=True):
+            with open(source, encoding='utf-8') as f:
+                text += f.read()
+    return declared | set(re.findall(r"""['"](--[a-z][\w-]*)['"]""", text))
 
 
 @pytest.mark.parametrize('page', PAGES)

@@ -62,7 +62,7 @@ RSS just before it (Linux). On CUDA it is ``torch.cuda.max_memory_allocated`` du
 allocator counts live tensors, whatever it caches). The weights, and the input, are thus not
 counted; gradients and activations are.
 
-Example (the README's numbers)::
+Example (the numbers of docs/performance.md)::
 
     python tools/benchmark.py --shape 800 1280 --threads 2
     python tools/benchmark.py --shape 512 512 --threads 2 --modes infer
