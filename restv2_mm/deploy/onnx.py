@@ -142,18 +142,27 @@ def export_onnx(module: nn.Module, path: str, shape: Tuple[int, int] = (224, 224
         dynamic_axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
         for i, name in enumerate(output_names):
             dynamic_axes[name] = {0: 'batch', 2: f'height{i}', 3: f'width{i}'}
+    run_exporter(model, (x, ), path, opset, ['input'], output_names, dynamic_axes)
+    return path
+
+
+def run_exporter(model: nn.Module, args: tuple, path: str, opset: int, input_names: List[str],
+                 output_names: List[str], dynamic_axes: Optional[dict]) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (see the module docstring), the
+    model in eval mode (and left in eval mode: the exporter would restore a wrapper's default
+    train mode, and with it drop path), no gradients, constant folding."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter's own notices: the TorchScript exporter is deprecated in favour of the
         # dynamo one (see the module docstring for why it is used), and tracer warnings about
         # Python values in the graph (mmdet/mmseg heads have many; whether one bakes in the
-        # export size is what verify_onnx at another size decides, not the warning).
+        # export size is what the ONNX Runtime check at another size decides, not the warning).
         warnings.simplefilter('ignore', DeprecationWarning)
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
-                          input_names=['input'], output_names=output_names,
+        torch.onnx.export(model, args, path, dynamo=False, opset_version=opset,
+                          input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
-    return path
 
 
 def export_backbone_onnx(backbone: nn.Module, path: str, shape: Tuple[int, int] = (224, 224),
