@@ -407,13 +407,18 @@ class DetectorGraph(nn.Module):
 
 
 def roi_head_stages(detector) -> List[str]:
-    """Human-readable list of what the graph of ``detector`` contains (for logs)."""
+    """The heads of ``detector`` the graph contains, by class name (for logs)."""
     if not hasattr(detector, 'roi_head'):
         return [type(detector.bbox_head).__name__]
-    parts = [type(detector.rpn_head).__name__, type(detector.roi_head).__name__]
-    if detector.roi_head.with_mask:
-        parts.append('mask head')
-    return parts
+    roi_head = detector.roi_head
+    heads = [type(detector.rpn_head).__name__, type(roi_head).__name__]
+    bbox_head = roi_head.bbox_head
+    heads.append(type(bbox_head[-1] if isinstance(bbox_head, nn.ModuleList) else bbox_head).__name__)
+    if roi_head.with_mask:
+        mask_head = roi_head.mask_head
+        heads.append(type(mask_head[-1] if isinstance(mask_head, nn.ModuleList)
+                          else mask_head).__name__)
+    return heads
 
 
 def check_detector_opset(opset: int) -> int:
@@ -431,7 +436,9 @@ def exportable_detector(detector: nn.Module) -> DetectorGraph:
     """:class:`DetectorGraph` over an eval-mode copy of ``detector`` with SyncBN turned into BN
     (``detector`` itself is left as it is)."""
     from mmengine.model import revert_sync_batchnorm
-    graph = DetectorGraph(revert_sync_batchnorm(copy.deepcopy(detector)))
+
+    from .onnx import make_pooling_exportable
+    graph = DetectorGraph(make_pooling_exportable(revert_sync_batchnorm(copy.deepcopy(detector))))
     graph.eval()
     return graph
 

@@ -102,16 +102,20 @@ def torch_detections(detector: nn.Module, images: torch.Tensor,
     return out
 
 
-def paste_masks(probs: np.ndarray, boxes: np.ndarray, height: int, width: int,
-                threshold: float) -> np.ndarray:
-    """mmdet's mask pasting: probabilities (n, h, w) of boxes (n, 4) -> bool (n, height, width)
-    (bilinear ``grid_sample`` into each box, then ``>= threshold``)."""
+def paste_masks_like_mmdet(probs: np.ndarray, boxes: np.ndarray, height: int, width: int,
+                           threshold: float) -> np.ndarray:
+    """mmdet's mask pasting on the CPU: probabilities (n, h, w) of boxes (n, 4) -> bool
+    (n, height, width). Each map is sampled bilinearly (``grid_sample``) into the pixels around
+    its box (``_do_paste_mask`` with ``skip_empty``, one box at a time, as FCNMaskHead does on
+    the CPU), then ``>= threshold``."""
     from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
-    if len(probs) == 0:
-        return np.zeros((0, height, width), bool)
-    pasted, _ = _do_paste_mask(torch.from_numpy(probs)[:, None], torch.from_numpy(boxes),
-                               int(height), int(width), skip_empty=False)
-    return (pasted >= threshold).numpy()
+    out = torch.zeros(len(probs), int(height), int(width), dtype=torch.bool)
+    probs, boxes = torch.from_numpy(np.asarray(probs)), torch.from_numpy(np.asarray(boxes))
+    for i in range(len(probs)):
+        pasted, region = _do_paste_mask(probs[i:i + 1, None], boxes[i:i + 1], int(height),
+                                        int(width), skip_empty=True)
+        out[(slice(i, i + 1), ) + region] = pasted >= threshold
+    return out.numpy()
 
 
 def split_outputs(outputs: Sequence[np.ndarray], image_sizes: np.ndarray,
@@ -124,7 +128,8 @@ def split_outputs(outputs: Sequence[np.ndarray], image_sizes: np.ndarray,
         d = dict(boxes=boxes[b, :n], scores=scores[b, :n], labels=labels[b, :n])
         if len(outputs) > 4 and mask_threshold is not None:
             h, w = image_sizes[b]
-            d['masks'] = paste_masks(outputs[4][b, :n], boxes[b, :n], h, w, mask_threshold)
+            d['masks'] = paste_masks_like_mmdet(outputs[4][b, :n], boxes[b, :n], h, w,
+                                                mask_threshold)
         out.append(d)
     return out
 
@@ -269,3 +274,26 @@ def verify_detector(detector: nn.Module, path: str, shapes: Sequence[Tuple[int, 
             f'fraction >= {tol.min_matched}, mean mask IoU >= {tol.min_mask_iou}) at {where}: '
             f'{describe(stats, tol)}')
     return stats
+
+
+def export_and_verify_detector(detector: nn.Module, out: str, shape: Tuple[int, int],
+                               opset: int, check_shapes: Sequence[Tuple[int, int]],
+                               check_batch: int = 2, threads: int = 1,
+                               tol: Tolerance = DEFAULT_TOLERANCE, random_weights: bool = False,
+                               name: str = 'the detector', log=print) -> Dict[str, float]:
+    """What the export tool does with a detector config: (random weights: spread the heads'
+    outputs first, :func:`spread_head_outputs`) export the whole detector to ``out`` with
+    dynamic batch, height and width, then :func:`verify_detector` at ``check_shapes``."""
+    from .detector import export_detector, roi_head_stages
+    if random_weights:
+        spread_head_outputs(detector)
+        log('No --checkpoint: exporting RANDOM weights, with the final layers of the heads '
+            'rescaled so that random boxes score above the threshold (the graph and the ORT '
+            'check are still real; pass a trained checkpoint to deploy).')
+    graph = export_detector(detector, out, shape=shape, opset=opset)
+    log(f'Exported the whole detector of {name} ({" + ".join(roi_head_stages(detector))}) to '
+        f'{out} (opset {opset}, traced at {shape[0]}x{shape[1]}; batch, height and width '
+        f'dynamic): inputs input (B, 3, H, W), image_sizes (B, 2); outputs '
+        f'{", ".join(graph.output_names)}, {graph.max_detections} slots per image')
+    return verify_detector(detector, out, check_shapes, batch=check_batch, threads=threads,
+                           tol=tol, log=log)
