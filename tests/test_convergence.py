@@ -27,6 +27,9 @@ SEG_CONFIG = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
 MIN_BBOX_MAP, MIN_SEGM_MAP, MIN_MIOU, MIN_MIOU_TTA = 0.6, 0.6, 60.0, 60.0
 # bf16 autocast (tools/test.py --amp) may differ from fp32 by at most this much.
 AMP_MAP_TOLERANCE, AMP_MIOU_TOLERANCE = 0.03, 2.0
+# The whole detector exported to ONNX and run by ONNX Runtime may differ from tools/test.py by
+# at most this much (restv2_mm.deploy; docs/deployment-detector.md).
+ONNX_MAP_TOLERANCE = 0.01
 
 
 def tool(cwd, script, *args):
@@ -72,10 +75,16 @@ def detector(tmp_path_factory):
     return cwd, checkpoint
 
 
-def test_detection_quick_start_learns(detector):
+@pytest.fixture(scope='module')
+def detector_metrics(detector):
+    """tools/test.py's bbox / segm mAP of the trained quick-start detector."""
     cwd, checkpoint = detector
-    output = tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir', 'work')
-    metrics = coco_metrics(output)
+    return coco_metrics(tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir', 'work'))
+
+
+def test_detection_quick_start_learns(detector, detector_metrics):
+    cwd, checkpoint = detector
+    metrics = detector_metrics
     assert metrics['bbox_mAP'] >= MIN_BBOX_MAP and metrics['segm_mAP'] >= MIN_SEGM_MAP, metrics
 
     amp_metrics = coco_metrics(tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir',
@@ -90,6 +99,22 @@ def test_detection_demo_draws_on_a_held_out_image(detector, tmp_path):
         first = json.load(f)['images'][0]['file_name']
     demo_draws(cwd, osp.join(cwd, 'data', 'tiny_coco', 'val2017', first), DET_CONFIG,
                checkpoint, str(tmp_path / 'demo.png'))
+
+
+def test_detection_quick_start_onnx_reproduces_map(detector, detector_metrics, tmp_path):
+    """The trained detector exported whole (tools/deployment/export_onnx.py, checked against
+    PyTorch at another size) and evaluated by ONNX Runtime on the held-out set
+    (tools/deployment/test_onnx.py) scores what tools/test.py scores."""
+    cwd, checkpoint = detector
+    onnx_file = str(tmp_path / 'tiny_coco.onnx')
+    export = tool(cwd, 'deployment/export_onnx.py', DET_CONFIG, '--out', onnx_file,
+                  '--checkpoint', checkpoint, '--shape', '128', '128')
+    assert 'Exported the whole detector' in export and 'ONNX Runtime vs PyTorch' in export
+    onnx_metrics = coco_metrics(tool(cwd, 'deployment/test_onnx.py', DET_CONFIG, onnx_file,
+                                     '--work-dir', str(tmp_path / 'work')))
+    for key, value in detector_metrics.items():
+        assert abs(onnx_metrics[key] - value) <= ONNX_MAP_TOLERANCE, (detector_metrics,
+                                                                     onnx_metrics)
 
 
 @pytest.fixture(scope='module')
