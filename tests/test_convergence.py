@@ -113,8 +113,8 @@ def test_detection_quick_start_onnx_reproduces_map(detector, detector_metrics, t
     onnx_metrics = coco_metrics(tool(cwd, 'deployment/test_onnx.py', DET_CONFIG, onnx_file,
                                      '--work-dir', str(tmp_path / 'work')))
     for key, value in detector_metrics.items():
-        assert abs(onnx_metrics[key] - value) <= ONNX_MAP_TOLERANCE, (detector_metrics,
-                                                                     onnx_metrics)
+        assert abs(onnx_metrics[key] - value) <= ONNX_MAP_TOLERANCE, \
+            (detector_metrics, onnx_metrics)
 
 
 @pytest.fixture(scope='module')

@@ -9,6 +9,7 @@ proposals and output slots where noted, which keeps the mask and box heads (most
 on a CPU) small; the code path is the same.
 """
 import functools
+import json
 import subprocess
 import sys
 
@@ -72,8 +73,8 @@ def test_nms_and_roi_align_are_mmcvs_in_onnx_runtime(tmp_path, aligned, sampling
     args = (torch.randn(2, 8, 24, 24, generator=g), random_boxes(g, 2, 40),
             torch.rand(2, 40, generator=g), torch.randint(0, 3, (2, 40), generator=g))
     path = str(tmp_path / 'ops.onnx')
-    axes = {'feats': {0: 'b', 2: 'h', 3: 'w'}, 'boxes': {0: 'b', 1: 'n'}, 'scores': {0: 'b', 1: 'n'},
-            'idxs': {0: 'b', 1: 'n'}}
+    axes = {'feats': {0: 'b', 2: 'h', 3: 'w'}, 'boxes': {0: 'b', 1: 'n'},
+            'scores': {0: 'b', 1: 'n'}, 'idxs': {0: 'b', 1: 'n'}}
     with torch.no_grad():
         torch.onnx.export(module, args, path, dynamo=False, opset_version=16,
                           input_names=list(axes), output_names=['selected', 'feats_out'],
@@ -204,23 +205,24 @@ def test_cascade_mask_rcnn_exports_and_matches(tmp_path):
     model = synthetic_detector('configs/cascade_mask_rcnn_restv2_t.py', 'global', options)
     path = str(tmp_path / 'cascade.onnx')
     export_detector(model, path, shape=EXPORT_SHAPE)
-    stats = verify_detector(model, path, CHECK_SHAPES[:1], batch=2, log=lambda m: None)
-    assert stats['torch_detections'] >= 8 and stats['matched_fraction'] >= 0.95, stats
+    stats = verify_detector(model, path, CHECK_SHAPES[:1], batch=1, log=lambda m: None)
+    assert stats['torch_detections'] >= 4 and stats['matched_fraction'] >= 0.95, stats
     assert stats['mask_iou_mean'] > 0.99, stats
 
 
 def test_check_fails_loudly_when_detections_differ(exported):
     """A graph of other weights than the model's: the check must say so."""
     model, path = exported('configs/retinanet_restv2_t.py', 'win', SMALL_RETINANET)
-    bias = model.bbox_head.retina_cls.bias
+    bias = model.bbox_head.retina_cls.bias  # (anchors x classes), class fastest
+    num_classes = model.bbox_head.cls_out_channels
     with torch.no_grad():
-        bias[3] += 3.0  # one class scores higher in PyTorch only
+        bias[3::num_classes] += 3.0  # class 3 scores higher in PyTorch only
     try:
         with pytest.raises(RuntimeError, match='differ from PyTorch beyond the tolerance'):
             verify_detector(model, path, CHECK_SHAPES[:1], batch=1, log=lambda m: None)
     finally:
         with torch.no_grad():
-            bias[3] -= 3.0
+            bias[3::num_classes] -= 3.0
 
 
 def test_matching_is_set_wise_and_counts_misses():
@@ -238,6 +240,7 @@ def test_matching_is_set_wise_and_counts_misses():
                   labels=np.array([1, 2, 2, 0]))]
     stats = match_detections(ref, extra)
     assert stats['matched'] == 3 and stats['matched_fraction'] == 0.75
+    json.dumps(stats)  # plain floats: the benchmark writes them to its JSON report
 
 
 def test_unsupported_detectors_and_opsets_get_clear_errors(tmp_path):

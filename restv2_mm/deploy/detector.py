@@ -110,6 +110,26 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, flat)
 
 
+def _level_outputs(head, feats) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A dense head (RPN, RetinaNet) on the FPN levels: per level (cls (B, A * k, h, w),
+    reg (B, A * 4, h, w), anchors (h * w * A, 4))."""
+    cls_scores, bbox_preds = head(feats)
+    priors = head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores],
+                                              dtype=cls_scores[0].dtype,
+                                              device=cls_scores[0].device)
+    return list(zip(cls_scores, bbox_preds, priors))
+
+
+def _decode_anchors(head, reg: torch.Tensor, anchors: torch.Tensor,
+                    index: torch.Tensor) -> torch.Tensor:
+    """Unclipped boxes (B, k, 4) that reg (B, A * 4, h, w) predicts for the anchors ``index``
+    (B, k) of one level (anchors (h * w * A, 4), mmdet's order)."""
+    batch = reg.shape[0]
+    deltas = _gather_rows(reg.permute(0, 2, 3, 1).reshape(batch, -1, 4), index)
+    decoded = _decode(head.bbox_coder, anchors[index].reshape(-1, 4), deltas.reshape(-1, 4))
+    return decoded.reshape(batch, -1, 4)
+
+
 def selected_to_slots(selected: torch.Tensor, batch, slots: int):
     """NonMaxSuppression's rows (K, 3) ``(image, 0, candidate)`` (grouped by image, best first)
     -> (index (B, slots) int64 candidate per slot, 0 in empty slots; valid (B, slots) bool;
@@ -175,7 +195,8 @@ class DetectorGraph(nn.Module):
 
     @property
     def final_cfg(self):
-        return self.detector.roi_head.test_cfg if self.two_stage else self.detector.bbox_head.test_cfg
+        head = self.detector.roi_head if self.two_stage else self.detector.bbox_head
+        return head.test_cfg
 
     @property
     def max_detections(self) -> int:
@@ -257,23 +278,16 @@ class DetectorGraph(nn.Module):
         candidates: boxes (B, N, 4), scores (B, N), labels (B, N), valid (B, N)."""
         head = self.detector.bbox_head
         cfg = head.test_cfg
-        cls_scores, bbox_preds = head(feats)
-        priors = head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores],
-                                                  dtype=cls_scores[0].dtype,
-                                                  device=cls_scores[0].device)
         num_classes = head.num_classes
         score_thr = float(cfg.get('score_thr', 0))
         boxes, scores, labels = [], [], []
-        for cls, reg, level_priors in zip(cls_scores, bbox_preds, priors):
+        for cls, reg, level_priors in _level_outputs(head, feats):
             batch = cls.shape[0]
             logits = cls.permute(0, 2, 3, 1).reshape(batch, -1, head.cls_out_channels)
             probs = logits.sigmoid() if head.use_sigmoid_cls else logits.softmax(-1)[..., :-1]
             top, flat = _topk(probs.reshape(batch, -1), int(cfg.get('nms_pre', -1)))
             anchor = torch.div(flat, num_classes, rounding_mode='floor')
-            deltas = _gather_rows(reg.permute(0, 2, 3, 1).reshape(batch, -1, 4), anchor)
-            decoded = _decode(head.bbox_coder, level_priors[anchor].reshape(-1, 4),
-                              deltas.reshape(-1, 4))
-            boxes.append(decoded.reshape(batch, -1, 4))
+            boxes.append(_decode_anchors(head, reg, level_priors, anchor))
             scores.append(top)
             labels.append(flat - anchor * num_classes)
         boxes = _clip(torch.cat(boxes, 1), sizes[:, None], head.bbox_coder.clip_border)
@@ -296,23 +310,15 @@ class DetectorGraph(nn.Module):
         hold one (B, P)."""
         head = self.detector.rpn_head
         cfg = head.test_cfg
-        cls_scores, bbox_preds = head(feats)
-        priors = head.prior_generator.grid_priors([c.shape[-2:] for c in cls_scores],
-                                                  dtype=cls_scores[0].dtype,
-                                                  device=cls_scores[0].device)
         boxes, scores, levels = [], [], []
-        for level, (cls, reg, level_priors) in enumerate(zip(cls_scores, bbox_preds, priors)):
-            n = cls.shape[0]
+        for level, (cls, reg, level_priors) in enumerate(_level_outputs(head, feats)):
             logits = cls.permute(0, 2, 3, 1)
             if head.use_sigmoid_cls:
-                objectness = logits.reshape(n, -1).sigmoid()
+                objectness = logits.reshape(cls.shape[0], -1).sigmoid()
             else:
-                objectness = logits.reshape(n, -1, 2).softmax(-1)[..., 0]
+                objectness = logits.reshape(cls.shape[0], -1, 2).softmax(-1)[..., 0]
             top, anchor = _topk(objectness, int(cfg.get('nms_pre', -1)))
-            deltas = _gather_rows(reg.permute(0, 2, 3, 1).reshape(n, -1, 4), anchor)
-            decoded = _decode(head.bbox_coder, level_priors[anchor].reshape(-1, 4),
-                              deltas.reshape(-1, 4))
-            boxes.append(decoded.reshape(n, -1, 4))
+            boxes.append(_decode_anchors(head, reg, level_priors, anchor))
             scores.append(top)
             levels.append(torch.full_like(anchor, level))
         boxes = _clip(torch.cat(boxes, 1), sizes[:, None], head.bbox_coder.clip_border)
@@ -410,14 +416,15 @@ def roi_head_stages(detector) -> List[str]:
     """The heads of ``detector`` the graph contains, by class name (for logs)."""
     if not hasattr(detector, 'roi_head'):
         return [type(detector.bbox_head).__name__]
+
+    def last(head):  # a cascade has one head per stage
+        return head[-1] if isinstance(head, nn.ModuleList) else head
+
     roi_head = detector.roi_head
-    heads = [type(detector.rpn_head).__name__, type(roi_head).__name__]
-    bbox_head = roi_head.bbox_head
-    heads.append(type(bbox_head[-1] if isinstance(bbox_head, nn.ModuleList) else bbox_head).__name__)
+    heads = [type(detector.rpn_head).__name__, type(roi_head).__name__,
+             type(last(roi_head.bbox_head)).__name__]
     if roi_head.with_mask:
-        mask_head = roi_head.mask_head
-        heads.append(type(mask_head[-1] if isinstance(mask_head, nn.ModuleList)
-                          else mask_head).__name__)
+        heads.append(type(last(roi_head.mask_head)).__name__)
     return heads
 
 

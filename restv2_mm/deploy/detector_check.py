@@ -54,8 +54,8 @@ def spread_head_outputs(detector: nn.Module, shape: Tuple[int, int] = (128, 128)
     from .detector import DetectorGraph
     modules = {name: m for name, m in detector.named_modules()
                if name.split('.')[-1] in HEAD_OUTPUT_STD and getattr(m, 'weight', None) is not None}
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: outputs.setdefault(name, out))
+    outputs = {name: [] for name in modules}  # every call: a dense head runs once per level
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: outputs[name].append(out))
              for name, m in modules.items()]
     graph = DetectorGraph(detector).eval()
     h, w = shape
@@ -67,10 +67,12 @@ def spread_head_outputs(detector: nn.Module, shape: Tuple[int, int] = (128, 128)
         for hook in hooks:
             hook.remove()
     with torch.no_grad():
-        for name, out in outputs.items():
+        for name, outs in outputs.items():
             m = modules[name]
-            bias = 0 if m.bias is None else m.bias.view(1, -1, *([1] * (out.dim() - 2)))
-            std = float((out - bias).std())
+            if not outs:
+                continue
+            std = float(torch.cat([(out if m.bias is None else out - m.bias.view(
+                1, -1, *([1] * (out.dim() - 2)))).flatten() for out in outs]).std())
             if std > 0:
                 m.weight.mul_(HEAD_OUTPUT_STD[name.split('.')[-1]] / std)
     return detector
@@ -180,10 +182,10 @@ def match_detections(ref: List[dict], got: List[dict],
     most = max(total_ref, total_got)
     stats = dict(torch_detections=total_ref, ort_detections=total_got, matched=matched,
                  matched_fraction=matched / most if most else 1.0,
-                 min_box_iou=min(ious) if ious else float('nan'),
-                 max_score_diff=max(score_diffs) if score_diffs else float('nan'))
+                 min_box_iou=float(min(ious)) if ious else float('nan'),
+                 max_score_diff=float(max(score_diffs)) if score_diffs else float('nan'))
     if mask_ious:
-        stats.update(mask_iou_mean=float(np.mean(mask_ious)), mask_iou_min=min(mask_ious))
+        stats.update(mask_iou_mean=float(np.mean(mask_ious)), mask_iou_min=float(min(mask_ious)))
     return stats
 
 

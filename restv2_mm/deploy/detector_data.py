@@ -155,4 +155,3 @@ def run_images(session, cfg, images: Sequence[Union[str, np.ndarray]]) -> list:
     names = [o.name for o in session.get_outputs()]
     threshold = config_mask_threshold(cfg) if MASK_OUTPUT in names else None
     return to_data_samples(outputs, samples, threshold)
-

@@ -50,8 +50,8 @@ def parse_args(argv=None):
                         f'{DEFAULT_TOLERANCE.min_iou}, score within '
                         f'{DEFAULT_TOLERANCE.score_atol})')
     parser.add_argument('--min-mask-iou', type=float, default=DEFAULT_TOLERANCE.min_mask_iou,
-                        help='whole detector with masks: ... or when the mean IoU of the '
-                        'matched pasted masks is lower')
+                        help='whole detector with masks: the check also fails when the mean '
+                        'IoU of the pasted masks of matched detections is below this')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in tools/train.py')
     return parser.parse_args(argv)
