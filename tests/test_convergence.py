@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from doc_commands import as_subprocess, option_value, quick_start
+from doc_commands import as_subprocess, option_value, quick_start, shell_commands
 from subprocess_tools import run, run_tool
 
 pytestmark = pytest.mark.slow
@@ -30,10 +30,19 @@ SEG_CONFIG = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
 # The pages' quick-start commands (train, test, demo), as shlex words.
 DET_QUICK_START = quick_start('README.md', 'configs/mask_rcnn_restv2_t_tiny_coco.py')
 SEG_QUICK_START = quick_start('docs/segmentation.md', 'configs/upernet_restv2_t_tiny_ade20k.py')
+# docs/deployment-detector.md's export of the quick-start detector and its ONNX Runtime test.
+DET_ONNX_COMMANDS = [
+    next(words for words in shell_commands('docs/deployment-detector.md')
+         if words[1] == f'tools/deployment/{tool}.py'
+         and words[2] == 'configs/mask_rcnn_restv2_t_tiny_coco.py')
+    for tool in ('export_onnx', 'test_onnx')]
 # Thresholds a margin below the measured results (docs): bbox / segm mAP, mIoU in percent.
 MIN_BBOX_MAP, MIN_SEGM_MAP, MIN_MIOU, MIN_MIOU_TTA = 0.6, 0.6, 60.0, 60.0
 # bf16 autocast (tools/test.py --amp) may differ from fp32 by at most this much.
 AMP_MAP_TOLERANCE, AMP_MIOU_TOLERANCE = 0.03, 2.0
+# The whole detector exported to ONNX and run by ONNX Runtime may differ from tools/test.py by
+# at most this much (restv2_mm.deploy; docs/deployment-detector.md).
+ONNX_MAP_TOLERANCE = 0.01
 
 
 def tool(cwd, script, *args):
@@ -96,9 +105,16 @@ def detector(tmp_path_factory):
     return cwd, checkpoint
 
 
-def test_detection_quick_start_learns(detector):
+@pytest.fixture(scope='module')
+def detector_metrics(detector):
+    """The documented test command's bbox / segm mAP of the trained quick-start detector."""
     cwd, _ = detector
-    metrics = coco_metrics(documented(cwd, DET_QUICK_START['test']))
+    return coco_metrics(documented(cwd, DET_QUICK_START['test']))
+
+
+def test_detection_quick_start_learns(detector, detector_metrics):
+    cwd, _ = detector
+    metrics = detector_metrics
     assert metrics['bbox_mAP'] >= MIN_BBOX_MAP and metrics['segm_mAP'] >= MIN_SEGM_MAP, metrics
 
     amp_metrics = coco_metrics(documented(cwd, DET_QUICK_START['test'], '--amp'))
@@ -112,6 +128,20 @@ def test_detection_demo_draws_on_a_held_out_image(detector):
         held_out = {image['file_name'] for image in json.load(f)['images']}
     assert osp.basename(DET_QUICK_START['demo'][2]) in held_out
     demo_draws(cwd, DET_QUICK_START['demo'])
+
+
+def test_detection_quick_start_onnx_reproduces_map(detector, detector_metrics):
+    """The trained detector exported whole and evaluated by ONNX Runtime on the held-out set,
+    with the commands docs/deployment-detector.md shows (export_onnx.py also checks the graph
+    against PyTorch at another size), scores what tools/test.py scores."""
+    cwd, _ = detector
+    export, evaluate = DET_ONNX_COMMANDS
+    output = documented(cwd, export)
+    assert 'Exported the whole detector' in output and 'ONNX Runtime vs PyTorch' in output
+    onnx_metrics = coco_metrics(documented(cwd, evaluate))
+    for key, value in detector_metrics.items():
+        assert abs(onnx_metrics[key] - value) <= ONNX_MAP_TOLERANCE, \
+            (detector_metrics, onnx_metrics)
 
 
 @pytest.fixture(scope='module')

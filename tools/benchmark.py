@@ -14,7 +14,8 @@ Candidates (``--models``):
     upernet-restv2  configs/upernet_restv2_t.py
     upernet-swin-t  mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py
     PATH.py, mmdet::..., mmseg::...   any detector or segmentor config (named by its file name)
-    NAME-onnx       the backbone of NAME exported to ONNX and run by ONNX Runtime (infer only)
+    NAME-onnx       NAME exported to ONNX and run by ONNX Runtime (CPU): infer runs the
+                    backbone, model the whole detector (restv2_mm.deploy; no mask pasting)
 ``--styles global win cwin hwin`` replaces restv2 (and restv2-plain) by one candidate per
 attention style (restv2-global, restv2-win, ...).
 

@@ -42,7 +42,7 @@ class Candidate:
     config: str  # file path or mmdet:: / mmseg:: config
     plain: bool = False  # restv2 through the plain EMSAv2 math path
     style: Optional[str] = None  # restv2 attention style override
-    onnx: bool = False  # backbone through ONNX Runtime
+    onnx: bool = False  # through ONNX Runtime: the backbone (infer), the whole detector (model)
 
     @property
     def is_restv2(self) -> bool:

@@ -172,6 +172,11 @@ def tables(report: dict) -> list:
         notes.append(f'max |{k.replace("/", " - ")}| over backbone outputs: {v:.2e}')
     for k, v in report.get('onnx_max_abs_diff', {}).items():
         notes.append(f'max |{k}| (ONNX Runtime vs PyTorch fp32) over backbone outputs: {v:.2e}')
+    for k, v in report.get('onnx_detection_match', {}).items():
+        notes.append(f"{k} model (whole detector in ONNX Runtime, no mask pasting) vs PyTorch "
+                     f"fp32: {v['matched']}/{v['torch_detections']} detections matched, worst "
+                     f"box IoU {v['min_box_iou']:.4f}" + (f", mask IoU {v['mask_iou_mean']:.4f}"
+                                                          if 'mask_iou_mean' in v else ''))
     if report['skipped']:
         notes.append(f"skipped: {', '.join(report['skipped'])}")
     if notes:

@@ -44,8 +44,9 @@ def backbone_flops(settings: Settings, cand: Candidate) -> dict:
 
 def supported(cand: Candidate, mode: str, settings: Settings) -> Optional[str]:
     """Why ``cand`` cannot run ``mode`` (None if it can)."""
-    if cand.onnx and mode != 'infer':
-        return 'ONNX Runtime: backbone inference only'
+    if cand.onnx:
+        from .onnx import onnx_unsupported
+        return onnx_unsupported(cand, mode)
     if mode == 'model-train' and settings.batch < 2 and candidate_scope(cand) == 'mmseg':
         return "a segmentor's training step needs --batch >= 2 (BatchNorm of the 1x1 PPM map)"
     return None
@@ -177,6 +178,6 @@ def run_benchmark(settings: Settings, cands: List[Candidate], modes: List[str],
         report['max_abs_diff'] = check_numerics(settings, cands)
     onnx_cands = [c for c in cands if c.onnx]
     if onnx_cands:
-        from .onnx import onnx_max_abs_diff
-        report['onnx_max_abs_diff'] = {c.name: onnx_max_abs_diff(settings, c) for c in onnx_cands}
+        from .onnx import onnx_parity
+        report.update(onnx_parity(settings, onnx_cands, timed))
     return report

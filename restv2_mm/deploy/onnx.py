@@ -142,18 +142,27 @@ def export_onnx(module: nn.Module, path: str, shape: Tuple[int, int] = (224, 224
         dynamic_axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
         for i, name in enumerate(output_names):
             dynamic_axes[name] = {0: 'batch', 2: f'height{i}', 3: f'width{i}'}
+    run_exporter(model, (x, ), path, opset, ['input'], output_names, dynamic_axes)
+    return path
+
+
+def run_exporter(model: nn.Module, args: tuple, path: str, opset: int, input_names: List[str],
+                 output_names: List[str], dynamic_axes: Optional[dict]) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (see the module docstring), the
+    model in eval mode (and left in eval mode: the exporter would restore a wrapper's default
+    train mode, and with it drop path), no gradients, constant folding."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # The exporter's own notices: the TorchScript exporter is deprecated in favour of the
         # dynamo one (see the module docstring for why it is used), and tracer warnings about
         # Python values in the graph (mmdet/mmseg heads have many; whether one bakes in the
-        # export size is what verify_onnx at another size decides, not the warning).
+        # export size is what the ONNX Runtime check at another size decides, not the warning).
         warnings.simplefilter('ignore', DeprecationWarning)
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=opset,
-                          input_names=['input'], output_names=output_names,
+        torch.onnx.export(model, args, path, dynamo=False, opset_version=opset,
+                          input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
-    return path
 
 
 def export_backbone_onnx(backbone: nn.Module, path: str, shape: Tuple[int, int] = (224, 224),
@@ -213,7 +222,9 @@ def compare_with_torch(module: nn.Module, session, x: torch.Tensor) -> Dict[str,
 
 def exportable_module(model: nn.Module, scope: str, backbone_only: bool = False,
                       with_neck: bool = False) -> nn.Module:
-    """What gets exported from a built mmdet/mmseg model (see the export tool's help)."""
+    """What :func:`export_onnx` exports from a built mmdet/mmseg model (see the export tool's
+    help); a whole detector has two inputs and goes through
+    :func:`restv2_mm.deploy.detector.export_detector` instead."""
     check_export_request(scope, backbone_only, with_neck)
     if backbone_only:
         if with_neck:
@@ -222,6 +233,9 @@ def exportable_module(model: nn.Module, scope: str, backbone_only: bool = False,
                 raise ValueError(f'--with-neck: {type(model).__name__} has no neck')
             return BackboneWithNeck(model.backbone, neck)
         return model.backbone
+    if scope == 'mmdet':
+        raise ValueError('a whole detector is exported by restv2_mm.deploy.export_detector '
+                         '(inputs: images and their sizes)')
     if not hasattr(model, 'decode_head') or not hasattr(model, 'extract_feat'):
         raise ValueError(f'whole-model export supports mmseg EncoderDecoder segmentors, got '
                          f'{type(model).__name__}; use --backbone-only')
@@ -291,16 +305,14 @@ def build_restv2_model(config: str, checkpoint: Optional[str] = None,
     return model, scope
 
 
-def check_export_request(scope: str, backbone_only: bool, with_neck: bool) -> None:
+def check_export_request(scope: str, backbone_only: bool, with_neck: bool,
+                         opset: Optional[int] = None) -> None:
     """Raise a ValueError for what cannot be exported (before anything is built)."""
     if with_neck and not backbone_only:
         raise ValueError('--with-neck goes with --backbone-only (it adds the neck to the backbone)')
-    if scope == 'mmdet' and not backbone_only:
-        raise ValueError(
-            'whole-model export of a detector is not supported by this tool: Mask R-CNN\'s RPN, '
-            'NMS, RoIAlign and mask post-processing need MMDeploy (see the README, Deployment). '
-            'Export the backbone (--backbone-only) or backbone + FPN (--backbone-only '
-            '--with-neck) and run the heads in your own runtime.')
+    if scope == 'mmdet' and not backbone_only and opset is not None:
+        from .detector import check_detector_opset
+        check_detector_opset(opset)
 
 
 def export_config(config: str, out: str, checkpoint: Optional[str] = None,
@@ -308,31 +320,41 @@ def export_config(config: str, out: str, checkpoint: Optional[str] = None,
                   backbone_only: bool = False, with_neck: bool = False,
                   check_shape: Optional[Tuple[int, int]] = None, check_batch: int = 2,
                   threads: int = 1, atol: float = 1e-4, rtol: float = 1e-4,
-                  cfg_options: Optional[dict] = None, log=print) -> Dict[str, float]:
-    """Build ``config``'s model, export it to ``out`` (see :func:`exportable_module`), then run
-    ONNX Runtime and PyTorch on a ``check_batch`` x ``check_shape`` input the export never saw.
+                  cfg_options: Optional[dict] = None, tolerance=None,
+                  log=print) -> Dict[str, float]:
+    """Build ``config``'s model, export it to ``out``, then run ONNX Runtime and PyTorch on a
+    ``check_batch`` x ``check_shape`` input the export never saw.
 
-    Raises ``RuntimeError`` if the max abs difference exceeds ``atol + rtol * scale`` (scale:
-    the largest |PyTorch output|). Returns :func:`compare_with_torch`'s dict plus ``tolerance``.
+    Backbone, backbone + neck and segmentors (:func:`exportable_module`): raises
+    ``RuntimeError`` if the max abs difference exceeds ``atol + rtol * scale`` (scale: the
+    largest |PyTorch output|) and returns :func:`compare_with_torch`'s dict plus
+    ``tolerance``. Whole detectors (an mmdet config without ``backbone_only``): see
+    :func:`restv2_mm.deploy.detector_check.export_and_verify_detector` (``tolerance``: its
+    :class:`~restv2_mm.deploy.detector_check.Tolerance`).
     """
     check_opset(opset)
     _, scope = load_restv2_config(config, cfg_options)
-    check_export_request(scope, backbone_only, with_neck)
+    check_export_request(scope, backbone_only, with_neck, opset)
     model, scope = build_restv2_model(config, checkpoint, cfg_options)
+    if checkpoint is not None:
+        log(f'Loaded {checkpoint}')
+    check_shape = tuple(check_shape) if check_shape else default_check_shape(shape)
+    if check_shape == tuple(shape):
+        raise ValueError(f'check shape {check_shape} must differ from the export shape')
+    if scope == 'mmdet' and not backbone_only:
+        from .detector_check import DEFAULT_TOLERANCE, export_and_verify_detector
+        return export_and_verify_detector(
+            model, out, shape=shape, opset=opset, check_shapes=[check_shape],
+            check_batch=check_batch, threads=threads, tol=tolerance or DEFAULT_TOLERANCE,
+            random_weights=checkpoint is None, name=osp.basename(config), log=log)
     if checkpoint is None:
         log('No --checkpoint: exporting RANDOM weights (the graph and the ORT check are still '
             'real; pass a trained checkpoint to deploy).')
-    else:
-        log(f'Loaded {checkpoint}')
     module = exportable_module(model, scope, backbone_only, with_neck)
     what = ('backbone + neck' if with_neck else 'backbone') if backbone_only else 'segmentor'
     export_onnx(module, out, shape=shape, opset=opset, dynamic=True)
     log(f'Exported the {what} of {osp.basename(config)} to {out} (opset {opset}, traced at '
         f'{shape[0]}x{shape[1]}; batch, height and width dynamic)')
-
-    check_shape = tuple(check_shape) if check_shape else default_check_shape(shape)
-    if check_shape == tuple(shape):
-        raise ValueError(f'check shape {check_shape} must differ from the export shape')
     return verify_onnx(module, out, check_shape, batch=check_batch, threads=threads, atol=atol,
                        rtol=rtol, log=log)
 
