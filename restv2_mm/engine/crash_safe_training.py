@@ -15,6 +15,13 @@ What mmengine does by itself, and what is changed here (applied by ``import rest
   are saved in ``meta['rng_states']`` and restored on resume, right before the first batch the
   resumed run trains on (``IterBasedTrainLoop`` first replays the skipped batches' data loading,
   which consumes random numbers).
+* A diverged run (see :mod:`restv2_mm.engine.divergence`) must leave its good checkpoints
+  alone: no checkpoint whose weights, buffers or optimizer state hold nan or inf is written
+  (:class:`~restv2_mm.engine.finite_state.NonFiniteStateError` instead, on every rank), so
+  ``last_checkpoint`` never names one and ``max_keep_ckpts`` never deletes the newest finite
+  one; ``--resume`` passes over such files, and resuming or loading one explicitly is an error.
+* A resumed run follows the config's lr and lr schedule where they differ from the
+  checkpoint's, with a warning (:mod:`restv2_mm.engine.resume_schedule`).
 """
 import random
 from typing import List, Optional
@@ -24,6 +31,8 @@ import torch
 from mmengine.logging import print_log
 
 from .checkpoint_files import CheckpointFileError, checkpoint_problem, find_resumable_checkpoint
+from .finite_state import (STATE_PARTS, NonFiniteStateError, checkpoint_nonfinite_names,
+                           describe_names)
 
 RNG_KEY = 'rng_states'
 
@@ -136,15 +145,23 @@ def _patch_checkpoint_hook() -> None:
         return
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        from .divergence import settle_nonfinite_checks
+        settle_nonfinite_checks(runner)  # a diverged iteration stops every rank before saving
         runner._restv2_rng_states = gather_rng_states()
         deferred: list = []
         backend = self.file_backend
         self.file_backend = _DeferRemovals(backend, deferred)
+        error = None
         try:
             original(self, runner, step, meta)
+        except Exception as err:  # raised on rank 0 (the writer): every rank must stop
+            error = err
         finally:
             self.file_backend = backend
             runner._restv2_rng_states = None
+        error = _agree_on_save_error(error)
+        if error is not None:
+            raise error
         # Only now that the new checkpoint is complete and last_checkpoint names it.
         for action, path in deferred:
             getattr(backend, action)(path)
@@ -152,6 +169,44 @@ def _patch_checkpoint_hook() -> None:
     _save_checkpoint_with_step._restv2_safe = True
     _save_checkpoint_with_step.__doc__ = original.__doc__
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
+
+
+def _agree_on_save_error(error: Optional[Exception]) -> Optional[Exception]:
+    """In a distributed run only rank 0 writes: tell every rank whether the save failed, so
+    that all of them stop (a rank that went on would wait for the others in the next
+    collective). Returns the error this rank must raise."""
+    from mmengine.dist import all_gather_object, barrier, get_world_size
+    if get_world_size() == 1:
+        return error
+    reports = all_gather_object(None if error is None else (type(error).__name__, str(error)))
+    barrier()  # as in gather_rng_states: gloo frees the gathered tensors before anyone exits
+    if error is not None:
+        return error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            kind, message = report
+            if kind == NonFiniteStateError.__name__:
+                return NonFiniteStateError(message)
+            return RuntimeError(f'rank {rank} could not save the checkpoint: {kind}: {message}')
+    return None
+
+
+def _refuse_nonfinite_writes(write):
+    """mmengine's ``save_checkpoint(checkpoint, filename, ...)`` that refuses a checkpoint
+    whose weights, buffers or optimizer state hold nan or inf (before anything is written)."""
+
+    def save_finite_checkpoint(checkpoint, filename, *args, **kwargs):
+        names = checkpoint_nonfinite_names(checkpoint)
+        if names:
+            step = (checkpoint.get('meta') or {}).get('iter')
+            raise NonFiniteStateError(
+                f'Not writing {filename}: the training state after iteration {step} holds nan '
+                f'or inf in {describe_names(names)}.')
+        write(checkpoint, filename, *args, **kwargs)
+
+    save_finite_checkpoint.__doc__ = write.__doc__
+    save_finite_checkpoint.__wrapped__, save_finite_checkpoint._restv2_safe = write, True
+    return save_finite_checkpoint
 
 
 def _patch_runner() -> None:
@@ -169,8 +224,14 @@ def _patch_runner() -> None:
                                 by_epoch=True, backend_args=None):
         meta = dict(meta or {})
         meta[RNG_KEY] = getattr(self, '_restv2_rng_states', None) or [capture_rng_state()]
-        save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
-                        save_param_scheduler, meta, by_epoch, backend_args)
+        try:
+            save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
+                            save_param_scheduler, meta, by_epoch, backend_args)
+        except NonFiniteStateError as err:
+            from .divergence import resume_advice
+            message = f'{err} {resume_advice(self.work_dir)}'
+            self.logger.error(message)
+            raise NonFiniteStateError(message) from None
         from mmengine.dist import is_main_process
         path = join_path(out_dir, filename, backend_args=backend_args)
         if is_main_process() and '://' not in str(path):
@@ -183,13 +244,23 @@ def _patch_runner() -> None:
     def load_checkpoint_keeping_meta(self, filename, *args, **kwargs):
         checkpoint = load_checkpoint(self, filename, *args, **kwargs)
         self._restv2_loaded_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+        if isinstance(checkpoint, dict):
+            _refuse_nonfinite_checkpoint(filename, checkpoint,
+                                         resuming=getattr(self, '_restv2_resuming', False))
         return checkpoint
 
     resume = Runner.resume
 
     def resume_with_rng(self, filename, *args, **kwargs):
+        from .resume_schedule import apply_config_schedule, snapshot_config_schedule
         self._restv2_loaded_meta = None
-        resume(self, filename, *args, **kwargs)
+        config_schedule = snapshot_config_schedule(self)
+        self._restv2_resuming = True
+        try:
+            resume(self, filename, *args, **kwargs)
+        finally:
+            self._restv2_resuming = False
+        apply_config_schedule(self, config_schedule)
         _schedule_rng_restore(self, self._restv2_loaded_meta)
 
     for new, old in ((checked_save_checkpoint, save_checkpoint),
@@ -198,9 +269,21 @@ def _patch_runner() -> None:
     Runner.save_checkpoint = checked_save_checkpoint
     Runner.load_checkpoint = load_checkpoint_keeping_meta
     Runner.resume = resume_with_rng
-    # load_or_resume looks the function up in the runner module's namespace.
+    # load_or_resume looks the function up in the runner module's namespace, and so does
+    # Runner.save_checkpoint for the function that writes the checkpoint dict.
     runner_module.find_latest_checkpoint = find_resumable_checkpoint
     checkpoint_module.find_latest_checkpoint = find_resumable_checkpoint
+    runner_module.save_checkpoint = _refuse_nonfinite_writes(runner_module.save_checkpoint)
+
+
+def _refuse_nonfinite_checkpoint(filename: str, checkpoint: dict, resuming: bool) -> None:
+    """A checkpoint of a diverged run must not be trained from (or evaluated) unnoticed."""
+    names = checkpoint_nonfinite_names(checkpoint, STATE_PARTS if resuming else ('state_dict',))
+    if names:
+        advice = ('Resume from an earlier checkpoint (`--resume` without a path picks the newest '
+                  'one with finite values).' if resuming else 'Use an earlier checkpoint.')
+        raise NonFiniteStateError(f'checkpoint {filename} holds nan or inf in '
+                                  f"{describe_names(names)}: a diverged run's state. {advice}")
 
 
 def make_training_crash_safe() -> None:

@@ -1,0 +1,108 @@
+"""The lr typo of issue 20, end to end through tools/train.py and tools/dist_train.sh.
+
+The tiny ADE20K quick start (configs/upernet_restv2_t_tiny_ade20k.py, shrunk to a tiny ResTv2
+arch on 64x64 crops as in test_reliability_e2e.py) with a mistyped lr step: MultiStepLR with
+gamma 1e12 at iteration 15, a checkpoint every 5 iterations and max_keep_ckpts=1, 40
+iterations. Without restv2_mm's divergence checks the loss is nan two iterations after the
+step, training goes on to 40, iter_15.pth is deleted and the run exits with 0. Now:
+
+* the run stops at the first non-finite loss with the named error and a non-zero exit code;
+* the work dir holds only finite checkpoints, still the newest good one (iter_15.pth), and
+  ``last_checkpoint`` names it;
+* ``--resume`` with the typo fixed continues from iter_15.pth at the config's lr;
+* the same through tools/dist_train.sh with 2 processes: every rank stops, none hangs.
+"""
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from restv2_mm.engine import load_local_checkpoint
+from restv2_mm.engine.finite_state import checkpoint_nonfinite_names
+from subprocess_tools import free_port, run
+from test_reliability_e2e import seg_config, seg_data  # noqa: F401  (seg_data: a fixture)
+
+pytestmark = pytest.mark.slow
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TIMEOUT = 600  # a hang fails the test instead of the suite
+
+
+def lr_typo_config(tmp_path, data_root):
+    base = seg_config(tmp_path, data_root, max_iters=40)
+    path = tmp_path / 'lr_typo.py'
+    path.write_text(f'''
+_base_ = [{base!r}]
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=5),
+    dict(type='MultiStepLR', milestones=[15], gamma=1e12, by_epoch=False),  # the typo
+    dict(type='PolyLR', eta_min=0., power=1., by_epoch=False, begin=5, end=40),
+]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=5, max_keep_ckpts=1))
+''')
+    return str(path)
+
+
+def train_until_it_fails(command, env=None):
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    return output
+
+
+def assert_only_the_newest_good_checkpoint(work, output):
+    newest = osp.join(work, 'iter_15.pth')
+    match = re.search(r'Training diverged at iteration (\d+): not finite: (.*?); lr (\S+) '
+                      r"\((\S+) x the config's 0\.0006\)", output)
+    assert match, output[-3000:]
+    assert int(match[1]) > 15 and ('loss = nan' in match[2] or 'loss = inf' in match[2])
+    assert float(match[3]) > 1e8 and float(match[4]) > 1e11  # the lr the typo made
+    assert f'The newest checkpoint, {newest}, has finite weights' in output
+    assert [osp.basename(p) for p in glob.glob(osp.join(work, '*.pth*'))] == ['iter_15.pth']
+    with open(osp.join(work, 'last_checkpoint')) as f:
+        assert f.read().strip() == newest
+    assert checkpoint_nonfinite_names(load_local_checkpoint(newest)) == []
+    return int(match[1])
+
+
+def test_lr_typo_stops_keeps_the_good_checkpoint_and_resumes(tmp_path, seg_data):  # noqa: F811
+    config, work = lr_typo_config(tmp_path, seg_data), str(tmp_path / 'work')
+    output = train_until_it_fails([sys.executable, 'tools/train.py', config, '--work-dir', work])
+    stopped = assert_only_the_newest_good_checkpoint(work, output)
+    assert 'NonFiniteLossError: Training diverged' in output.strip().splitlines()[-1]
+    # Iterations logged: up to the last finite one, none after the stop.
+    logged = [int(i) for i in re.findall(r'Iter\(train\) \[\s*(\d+)/40\]', output)]
+    assert logged and max(logged) == stopped - 1
+
+    # The user fixes the typo and resumes: from iter_15, with the config's lr at iteration 16.
+    out = run([sys.executable, 'tools/train.py', config, '--work-dir', work, '--resume',
+               '--cfg-options', 'param_scheduler.1.gamma=0.1', 'train_cfg.max_iters=20'],
+              timeout=TIMEOUT)
+    assert 'resumed epoch: 0, iter: 15' in out
+    assert ('param_scheduler[1] (MultiStepLR) gamma: checkpoint 1000000000000.0, config 0.1'
+            in out)
+    resumed = re.search(r"continues with the config's: the lr of iteration 16 is now (\S+) "
+                        r'\(the checkpoint had (\S+)\)', out)
+    assert resumed and float(resumed[1]) < 1e-3 and float(resumed[2]) > 1e8, out[-3000:]
+    assert re.findall(r'Iter\(train\) \[\s*(\d+)/20\]', out) == ['16', '17', '18', '19', '20']
+    final = load_local_checkpoint(osp.join(work, 'iter_20.pth'))
+    assert checkpoint_nonfinite_names(final) == []
+    assert final['optimizer']['param_groups'][0]['lr'] < 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
+def test_lr_typo_through_dist_train_stops_every_rank(tmp_path, seg_data):  # noqa: F811
+    config, work = lr_typo_config(tmp_path, seg_data), str(tmp_path / 'work')
+    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    output = train_until_it_fails(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work],
+                                  env=env)
+    assert 'rank 0 of 2 CPU processes' in output
+    assert_only_the_newest_good_checkpoint(work, output)
+    # The ranks agreed: the error lists what each rank saw.
+    assert re.search(r'not finite: rank 0: .*; rank 1: ', output), output[-3000:]
