@@ -6,8 +6,9 @@ the schedulers, checkpoint writing and resuming as patched by ``import restv2_mm
 a few iterations takes well under a second, so the failure modes can be provoked exactly:
 
 * ``nan_rows``: training samples whose inputs are nan (the loss of their batch is nan);
-* :class:`PoisonGradients`: from a given iteration on, the loss gets a term that is 0 but whose
-  gradient is nan (``sqrt(0 * w)``), so the loss stays finite while the update is not.
+* :class:`PoisonGradients`: in given iterations the loss gets a term that is 0 but whose
+  gradient is nan (``sqrt(0 * w)``), so the loss stays finite while the update is not;
+  :class:`NanLoss`: in given iterations the loss is nan whatever the data.
 """
 import uuid
 
@@ -29,7 +30,7 @@ class ToyRegressor(BaseModel):
         super().__init__()
         self.norm = nn.BatchNorm1d(2)
         self.linear = nn.Linear(2, 1)
-        self.poison_gradient = False
+        self.sabotage = None  # None, 'gradient' or 'loss'
 
     def forward(self, inputs, targets=None, mode='tensor'):
         out = self.linear(self.norm(inputs)).squeeze(1)
@@ -38,8 +39,10 @@ class ToyRegressor(BaseModel):
         error = out - targets
         losses = dict(loss_mse=(error ** 2).mean(), loss_l1=error.abs().mean(),
                       err_rate=(error.abs() > 1).float().mean())
-        if self.poison_gradient:  # 0 in value, nan in gradient
+        if self.sabotage == 'gradient':  # 0 in value, nan in gradient
             losses['loss_mse'] = losses['loss_mse'] + torch.sqrt(self.linear.weight.sum() * 0)
+        elif self.sabotage == 'loss':
+            losses['loss_mse'] = losses['loss_mse'] * float('nan')
         return losses
 
 
@@ -56,20 +59,29 @@ class PoisonGradients(Hook):
     """Turn the model's nan-gradient term on for ``iterations`` (1-based, as logged)."""
 
     priority = 'VERY_HIGH'
+    kind = 'gradient'
 
     def __init__(self, iterations):
         self.iterations = set(iterations)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        model.poison_gradient = runner.iter + 1 in self.iterations
+        model.sabotage = self.kind if runner.iter + 1 in self.iterations else None
+
+
+class NanLoss(PoisonGradients):
+    """Make the model's ``loss_mse`` nan in ``iterations`` (1-based, as logged)."""
+
+    kind = 'loss'
 
 
 def toy_runner(work_dir, *, max_iters, dataset=None, batch_size=4, lr=0.01,
                param_scheduler=None, clip_grad=None, checkpoint_interval=1, max_keep_ckpts=-1,
                divergence_hook=True, hooks=(), resume=False, load_from=None,
-               optim_wrapper=None, **runner_kwargs) -> Runner:
-    """A Runner for :class:`ToyRegressor`; ``divergence_hook`` adds StopOnNonFiniteLossHook."""
+               optim_wrapper=None, model_wrapper_cfg=None, epochs=None,
+               **runner_kwargs) -> Runner:
+    """A Runner for :class:`ToyRegressor`; ``divergence_hook`` adds StopOnNonFiniteLossHook.
+    An iteration-based loop of ``max_iters``, or with ``epochs`` an epoch-based one."""
     if optim_wrapper is None:
         optim_wrapper = dict(optimizer=dict(type='AdamW', lr=lr, weight_decay=0.01))
         if clip_grad is not None:
@@ -84,7 +96,8 @@ def toy_runner(work_dir, *, max_iters, dataset=None, batch_size=4, lr=0.01,
                                     shuffle=False),
         optim_wrapper=optim_wrapper,
         param_scheduler=param_scheduler,
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        train_cfg=(dict(by_epoch=False, max_iters=max_iters) if epochs is None else
+                   dict(by_epoch=True, max_epochs=epochs)),
         default_hooks=dict(
             logger=dict(type='LoggerHook', interval=1),
             checkpoint=dict(type='CheckpointHook', interval=checkpoint_interval, by_epoch=False,
@@ -94,5 +107,5 @@ def toy_runner(work_dir, *, max_iters, dataset=None, batch_size=4, lr=0.01,
         load_from=load_from,
         randomness=dict(seed=0),
         default_scope='mmengine',
-        cfg=dict(param_scheduler=param_scheduler),
+        cfg=dict(param_scheduler=param_scheduler, model_wrapper_cfg=model_wrapper_cfg),
         **runner_kwargs)

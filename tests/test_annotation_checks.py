@@ -129,7 +129,7 @@ def ade_dataset(root, **kwargs):
                          data_prefix=dict(img_path='images/training',
                                           seg_map_path='annotations/training'),
                          pipeline=[dict(type='LoadImageFromFile'),
-                                   dict(type='mmseg.LoadAnnotations', reduce_zero_label=True)],
+                                   dict(type='mmseg.LoadAnnotations')],
                          **kwargs)
 
 

@@ -19,7 +19,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from divergence_toy import PoisonGradients, toy_dataset, toy_runner
+from divergence_toy import NanLoss, PoisonGradients, toy_dataset, toy_runner
 from restv2_mm.engine import (CheckpointFileError, NonFiniteLossError, NonFiniteStateError,
                               StopOnNonFiniteLossHook, find_resumable_checkpoint,
                               load_local_checkpoint)
@@ -127,6 +127,14 @@ def test_nan_loss_stops_at_that_iteration_and_keeps_the_newest_finite_checkpoint
     assert message.startswith(f'Not writing {plain / "iter_6.pth"}: the training state after '
                               'iteration 6 holds nan or inf in state_dict/norm.weight')
     assert checkpoints(plain) == ['iter_4.pth'] and pointer(plain) == str(plain / 'iter_4.pth')
+
+
+def test_epoch_loops_name_the_epoch_and_batch_too(tmp_path):
+    # 8 batches per epoch: iteration 11 is the 3rd batch of the 2nd epoch.
+    message, _ = train_expecting(NonFiniteLossError, toy_runner(
+        tmp_path, max_iters=None, epochs=3, dataset=toy_dataset(num=32), hooks=[NanLoss([11])]))
+    assert message.startswith('Training diverged at iteration 11 (epoch 2, batch 3): not '
+                              'finite: loss = nan, loss_mse = nan; lr 0.01.')
 
 
 def test_the_lr_is_named_with_its_ratio_to_the_config_lr(tmp_path):
@@ -391,30 +399,29 @@ dist.init_process_group('gloo')
 rank = dist.get_rank()
 # Only rank 1's batch of iteration 3 is nan (each rank reads its own copy of the data).
 nan_rows = range(8, 12) if rank == 1 else ()
-runner = toy_runner({work!r}, max_iters=8, dataset=toy_dataset(nan_rows=nan_rows),
-                    checkpoint_interval={interval}, launcher='pytorch',
-                    model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None))
-try:
-    runner.train()
-    outcome = 'finished'
-except Exception as err:
-    outcome = f'{{type(err).__name__}}: {{err}}'
-with open(os.path.join({work!r}, f'outcome_{{rank}}.txt'), 'w') as f:
-    f.write(outcome)
+for interval in (1, 10):  # one process group for both runs: the start-up is the slow part
+    work = os.path.join({work!r}, f'interval_{{interval}}')
+    runner = toy_runner(work, max_iters=8, dataset=toy_dataset(nan_rows=nan_rows),
+                        checkpoint_interval=interval, launcher='pytorch',
+                        model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None))
+    try:
+        runner.train()
+        outcome = 'finished'
+    except Exception as err:
+        outcome = f'{{type(err).__name__}}: {{err}}'
+    with open(os.path.join(work, f'outcome_{{rank}}.txt'), 'w') as f:
+        f.write(outcome)
 '''
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('interval', [1, 10])
-def test_every_rank_stops_when_one_rank_diverges(tmp_path, interval):
+def test_every_rank_stops_when_one_rank_diverges(tmp_path):
     """2 gloo processes; only rank 1 sees a nan loss (iteration 3). Both raise the same error
-    naming each rank's terms: at the checkpoint of iteration 3 (interval 1, settled before
-    saving) or one iteration later (interval 10); neither hangs."""
+    naming each rank's terms: at the checkpoint of iteration 3 (checkpoint interval 1: settled
+    before saving) or one iteration later (interval 10); neither hangs."""
     from subprocess_tools import free_port
-    work = str(tmp_path)
     script = tmp_path / 'worker.py'
-    script.write_text(DIST_WORKER.format(tests=osp.dirname(__file__), work=work,
-                                         interval=interval))
+    script.write_text(DIST_WORKER.format(tests=osp.dirname(__file__), work=str(tmp_path)))
     env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), WORLD_SIZE='2')
     procs = [subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
@@ -423,11 +430,12 @@ def test_every_rank_stops_when_one_rank_diverges(tmp_path, interval):
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-3000:]  # the worker itself catches the error
-    outcomes = [(tmp_path / f'outcome_{rank}.txt').read_text() for rank in range(2)]
-    assert outcomes[0] == outcomes[1], outcomes
-    assert outcomes[0].startswith(
-        'NonFiniteLossError: Training diverged at iteration 3: not finite: rank 0: all finite; '
-        'rank 1: loss = nan, loss_mse = nan, loss_l1 = nan; lr 0.01.')
-    assert 'iter_3.pth' not in checkpoints(tmp_path)
-    if interval == 1:
-        assert pointer(tmp_path) == osp.join(work, 'iter_2.pth')
+    for interval in (1, 10):
+        work = tmp_path / f'interval_{interval}'
+        outcomes = [(work / f'outcome_{rank}.txt').read_text() for rank in range(2)]
+        assert outcomes[0] == outcomes[1], outcomes
+        assert outcomes[0].startswith(
+            'NonFiniteLossError: Training diverged at iteration 3: not finite: rank 0: all '
+            'finite; rank 1: loss = nan, loss_mse = nan, loss_l1 = nan; lr 0.01.'), outcomes[0]
+        assert 'iter_3.pth' not in checkpoints(work)
+    assert pointer(tmp_path / 'interval_1') == str(tmp_path / 'interval_1' / 'iter_2.pth')

@@ -110,7 +110,8 @@ class StopOnNonFiniteLossHook(Hook):
     def __init__(self, check_grad_norm: bool = True, max_skips_in_a_row: int = 16,
                  min_loss_scale: float = 1.0):
         if not isinstance(max_skips_in_a_row, int) or max_skips_in_a_row < 1:
-            raise ValueError(f'max_skips_in_a_row must be a positive int, got {max_skips_in_a_row!r}')
+            raise ValueError(
+                f'max_skips_in_a_row must be a positive int, got {max_skips_in_a_row!r}')
         if not (isinstance(min_loss_scale, (int, float)) and min_loss_scale >= 0):
             raise ValueError(f'min_loss_scale must be a number >= 0, got {min_loss_scale!r}')
         self.check_grad_norm = check_grad_norm
@@ -291,8 +292,9 @@ class StopOnNonFiniteLossHook(Hook):
 
     def _stop_amp(self, runner, state: dict, iteration: int, scale: float) -> None:
         if scale < self.min_loss_scale:
-            why = (f'the loss scale fell to {scale:g}, below min_loss_scale={self.min_loss_scale:g}: '
-                   'the gradients are not finite even unscaled')
+            why = (f'the loss scale fell to {scale:g}, below '
+                   f'min_loss_scale={self.min_loss_scale:g}: the gradients are not finite even '
+                   'unscaled')
         else:
             why = (f"{state['in_a_row']} updates in a row were skipped (iterations "
                    f"{state['first_skip']}-{iteration}, max_skips_in_a_row="

@@ -25,7 +25,8 @@ class NonFiniteStateError(FloatingPointError):
 def named_leaves(obj, prefix: str = '') -> Iterator[Tuple[str, object]]:
     """``(path, value)`` for every tensor and Python float in nested dicts / lists / tuples.
 
-    Paths join keys with ``/``: ``optimizer/state/12/exp_avg``, ``state_dict/backbone.stem.0.weight``.
+    Paths join keys with ``/``: ``optimizer/state/12/exp_avg``,
+    ``state_dict/backbone.stem.0.weight``.
     """
     if isinstance(obj, torch.Tensor) or isinstance(obj, float):
         yield prefix, obj
