@@ -10,16 +10,44 @@ a few iterations takes well under a second, so the failure modes can be provoked
   gradient is nan (``sqrt(0 * w)``), so the loss stays finite while the update is not;
   :class:`NanLoss`: in given iterations the loss is nan whatever the data.
 """
+import logging
 import uuid
+from contextlib import contextmanager
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import restv2_mm  # noqa: F401  (registers the hook, patches checkpointing)
+
+
+class LogCapture(logging.Handler):
+    """Records what mmengine's current logger prints (the Runner's and the datasets')."""
+
+    def __init__(self, level=logging.DEBUG):
+        super().__init__(level=level)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def text(self):
+        return '\n'.join(self.lines)
+
+
+@contextmanager
+def captured_log(level=logging.DEBUG):
+    capture = LogCapture(level)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
 
 
 class ToyRegressor(BaseModel):

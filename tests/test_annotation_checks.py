@@ -10,9 +10,9 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
-from mmengine.logging import MMLogger
 
 import restv2_mm  # noqa: F401  (applies the checks)
+from divergence_toy import captured_log
 from restv2_mm.datasets.annotation_checks import AnnotationError, check_label_map
 from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
 from restv2_mm.datasets.tiny_coco import COCO_CATEGORIES, make_tiny_coco
@@ -20,27 +20,13 @@ from restv2_mm.datasets.tiny_coco import COCO_CATEGORIES, make_tiny_coco
 CLASSES = ('stop sign', 'kite')  # ids 13 and 38
 
 
-class Warnings(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def coco_dataset(ann_file, classes=CLASSES):
     """Build mmdet's CocoDataset (which loads the annotations); returns it and its warnings."""
     from mmdet.datasets import CocoDataset
-    capture = Warnings()
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(capture)
-    try:
+    with captured_log(logging.WARNING) as capture:
         dataset = CocoDataset(ann_file=str(ann_file), data_prefix=dict(img='images/'),
                               metainfo=dict(classes=classes), pipeline=[])
-    finally:
-        logger.removeHandler(capture)
-    return dataset, capture.messages
+    return dataset, capture.lines
 
 
 def write_coco(path, annotations):

@@ -6,7 +6,6 @@ whose gradient is nan (finite loss, nan update), a loss scaler that keeps skippi
 lr on resume. The end-to-end runs of the real configs and tools are in test_divergence_e2e.py.
 """
 import glob
-import logging
 import os
 import os.path as osp
 import re
@@ -16,10 +15,9 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from divergence_toy import NanLoss, PoisonGradients, toy_dataset, toy_runner
+from divergence_toy import NanLoss, PoisonGradients, captured_log, toy_dataset, toy_runner
 from restv2_mm.engine import (CheckpointFileError, NonFiniteLossError, NonFiniteStateError,
                               StopOnNonFiniteLossHook, find_resumable_checkpoint,
                               load_local_checkpoint)
@@ -29,41 +27,16 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BATCH = 4
 
 
-class LogCapture(logging.Handler):
-    """Records what mmengine's current logger prints (the Runner's logger is 'current')."""
-
-    def __init__(self):
-        super().__init__(level=logging.DEBUG)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-    def text(self):
-        return '\n'.join(self.lines)
-
-
 def train(runner):
     """``runner.train()`` with its log captured; returns the capture."""
-    capture = LogCapture()
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(capture)
-    try:
+    with captured_log() as capture:
         runner.train()
-    finally:
-        logger.removeHandler(capture)
     return capture
 
 
 def train_expecting(error, runner):
-    capture = LogCapture()
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(capture)
-    try:
-        with pytest.raises(error) as info:
-            runner.train()
-    finally:
-        logger.removeHandler(capture)
+    with captured_log() as capture, pytest.raises(error) as info:
+        runner.train()
     return str(info.value), capture
 
 
@@ -209,12 +182,8 @@ def diverged_work_dir(tmp_path):
 
 def test_resume_skips_nonfinite_checkpoints_and_says_so(tmp_path):
     work = diverged_work_dir(tmp_path)
-    capture = LogCapture()
-    MMLogger.get_current_instance().addHandler(capture)
-    try:
+    with captured_log() as capture:
         assert find_resumable_checkpoint(str(work)) == str(work / 'iter_4.pth')
-    finally:
-        MMLogger.get_current_instance().removeHandler(capture)
     assert (f'Not resuming from {work / "iter_6.pth"}: it holds nan or inf (a diverged run) in '
             'state_dict/linear.weight, optimizer/state/2/exp_avg.') in capture.text()
     assert f'Resuming from {work / "iter_4.pth"}, the newest complete checkpoint with finite' \

@@ -171,11 +171,14 @@ def _patch_coco_dataset() -> None:
             print_log(message, logger='current', level=30)
         return data_list
 
-    for new, old in ((checked_parse_data_info, parse_data_info),
-                     (reported_load_data_list, load_data_list)):
-        new.__doc__, new.__wrapped__, new._restv2_checked = old.__doc__, old, True
-    CocoDataset.parse_data_info = checked_parse_data_info
-    CocoDataset.load_data_list = reported_load_data_list
+    _replace(CocoDataset, 'parse_data_info', checked_parse_data_info, parse_data_info)
+    _replace(CocoDataset, 'load_data_list', reported_load_data_list, load_data_list)
+
+
+def _replace(cls: type, name: str, new, old) -> None:
+    """``cls.name = new``, marked as checked and keeping ``old``'s docstring."""
+    new.__doc__, new.__wrapped__, new._restv2_checked = old.__doc__, old, True
+    setattr(cls, name, new)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -236,11 +239,8 @@ def _patch_seg_datasets() -> None:
                             ignore, bool(results.get('reduce_zero_label')))
         return results
 
-    for new, old in ((get_data_info_with_label_check, get_data_info),
-                     (checked_transform, transform)):
-        new.__doc__, new.__wrapped__, new._restv2_checked = old.__doc__, old, True
-    BaseSegDataset.get_data_info = get_data_info_with_label_check
-    LoadAnnotations.transform = checked_transform
+    _replace(BaseSegDataset, 'get_data_info', get_data_info_with_label_check, get_data_info)
+    _replace(LoadAnnotations, 'transform', checked_transform, transform)
 
 
 def make_annotation_checks_explicit() -> None:
