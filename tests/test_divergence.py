@@ -57,8 +57,11 @@ def assert_finite(path):
 def test_nonfinite_names_reads_each_device_once_and_names_in_order():
     values = [('a', torch.ones(3)), ('b', torch.tensor([1.0, float('nan')])),
               ('steps', torch.tensor([7])), ('lr', float('inf')), ('c', torch.ones(2)),
-              ('d', torch.tensor([float('-inf')], dtype=torch.float16)), ('empty', torch.ones(0))]
-    assert nonfinite_names(values) == ['b', 'lr', 'd']
+              ('d', torch.tensor([float('-inf')], dtype=torch.float16)), ('empty', torch.ones(0)),
+              # sums overflow, the elements are finite
+              ('huge', torch.full((1000,), 1e36)), ('half', torch.full((10,), 6e4).half()),
+              ('z', torch.tensor([1 + 1j, complex(0, float('nan'))]))]
+    assert nonfinite_names(values) == ['b', 'lr', 'd', 'z']
     checkpoint = dict(meta=dict(loss=float('nan')), message_hub={'x': float('nan')},
                       state_dict={'w': torch.ones(1), 'running_var': torch.tensor([float('nan')])},
                       optimizer=dict(state={0: dict(exp_avg=torch.tensor([float('inf')]))},

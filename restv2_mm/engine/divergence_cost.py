@@ -7,7 +7,10 @@ Trains the config for ``--iters`` iterations in a temporary work dir (its tiny d
 written first, as tools/train.py does) with every ``StopOnNonFiniteLossHook.after_train_iter``
 call timed, then times the checks a checkpoint goes through: the non-finite scan before it is
 written (on the in-memory checkpoint dict) and the scan ``--resume`` makes of the file, each
-next to what the write and the load themselves take. Prints one table.
+next to what the write and the load themselves take; then the annotation checks:
+building mmdet's CocoDataset from 10000 annotations (boxes and 32-point polygons) with and
+without them, and one 512x683 ADE20K-sized label map next to decoding its PNG. Prints one
+table.
 """
 import argparse
 import statistics
@@ -77,6 +80,49 @@ def measure(config: str, iters: int, cfg_options=None) -> dict:
             load=_median_seconds(lambda: load_local_checkpoint(path, map_location='cpu')))
 
 
+def measure_annotation_checks() -> dict:
+    import json
+
+    import cv2
+    import numpy as np
+    from mmdet.datasets import CocoDataset
+
+    from ..datasets.annotation_checks import check_label_map
+
+    # 1000 images x 10 annotations, each a box and a 32-point polygon (COCO's average is ~24).
+    angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    polygon = np.stack([200 + 50 * np.cos(angles), 150 + 50 * np.sin(angles)], 1).ravel()
+    images = [dict(id=i, file_name=f'{i}.jpg', width=640, height=480) for i in range(1, 1001)]
+    anns = [dict(id=10 * i + k, image_id=i, category_id=1, bbox=[150.0, 100.0, 100.0, 100.0],
+                 area=7800.0, segmentation=[polygon.tolist()], iscrowd=0)
+            for i in range(1, 1001) for k in range(10)]
+    with tempfile.TemporaryDirectory() as directory:
+        ann_file = f'{directory}/instances.json'
+        with open(ann_file, 'w') as f:
+            json.dump(dict(images=images, annotations=anns,
+                           categories=[dict(id=1, name='person')]), f)
+        build = lambda: CocoDataset(ann_file=ann_file, data_prefix=dict(img=''),  # noqa: E731
+                                    pipeline=[])
+        checked = _median_seconds(build, repeats=3)
+        patched = {name: getattr(CocoDataset, name) for name in ('parse_data_info',
+                                                                 'load_data_list')}
+        for name, method in patched.items():
+            setattr(CocoDataset, name, method.__wrapped__)
+        try:
+            plain = _median_seconds(build, repeats=3)
+        finally:
+            for name, method in patched.items():
+                setattr(CocoDataset, name, method)
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 150, (512, 683), dtype=np.uint8)
+    label[rng.random(label.shape) < 0.1] = 255
+    png = cv2.imencode('.png', label)[1].tobytes()
+    return dict(annotations=len(anns), build_checked=checked, build_plain=plain,
+                label_check=_median_seconds(lambda: check_label_map(label, 'l.png', 150, (255,))),
+                label_decode=_median_seconds(
+                    lambda: cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)))
+
+
 def main(argv=None):
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -93,6 +139,13 @@ def main(argv=None):
           f"{result['save_scan'] / result['save']:.1%} |")
     print(f"| per --resume candidate | scan (with its load) {result['resume_scan'] * 1e3:.1f} ms | "
           f"load {result['load'] * 1e3:.1f} ms | {result['resume_scan'] / result['load']:.1%} |")
+    checks = measure_annotation_checks()
+    print(f"| CocoDataset build, {checks['annotations']} annotations with 32-point polygons | "
+          f"with the checks {checks['build_checked']:.2f} s | without {checks['build_plain']:.2f} s"
+          f" | {checks['build_checked'] / checks['build_plain'] - 1:+.0%} |")
+    print(f"| per 512x683 label map loaded | check {checks['label_check'] * 1e3:.2f} ms | "
+          f"PNG decode {checks['label_decode'] * 1e3:.2f} ms | "
+          f"{checks['label_check'] / checks['label_decode']:.1%} |")
 
 
 if __name__ == '__main__':
