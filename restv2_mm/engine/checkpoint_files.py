@@ -130,8 +130,28 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     checkpoints whose weights, buffers or optimizer state hold nan or inf (a diverged run's;
     this reads the candidate once); removes temporary files of killed writers. Returns None
     when the work dir holds no checkpoint (a fresh start, as in mmengine); raises when it holds
-    checkpoints but none is usable, rather than silently training from scratch.
+    checkpoints but none is usable, rather than silently training from scratch. In a
+    distributed run rank 0 decides and tells the others (one read of the file, not one per rank).
     """
+    from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
+    if get_world_size() == 1:
+        return _find_resumable_checkpoint(work_dir)
+    outcome, error = [None], None
+    if is_main_process():
+        try:
+            outcome = [(True, _find_resumable_checkpoint(work_dir))]
+        except Exception as err:  # every rank must stop, not wait in the next collective
+            outcome, error = [(False, f'{err}')], err
+    broadcast_object_list(outcome, src=0)
+    found, value = outcome[0]
+    if error is not None:
+        raise error
+    if not found:
+        raise CheckpointFileError(f'--resume: rank 0 could not choose a checkpoint: {value}')
+    return value
+
+
+def _find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     from mmengine.dist import is_main_process
     if is_main_process() and osp.isdir(work_dir):
         for tmp in remove_stale_temporary_files(work_dir):

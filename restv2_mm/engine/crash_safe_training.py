@@ -24,7 +24,7 @@ What mmengine does by itself, and what is changed here (applied by ``import rest
   checkpoint's, with a warning (:mod:`restv2_mm.engine.resume_schedule`).
 """
 import random
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from mmengine.logging import print_log
 
 from .checkpoint_files import CheckpointFileError, checkpoint_problem, find_resumable_checkpoint
 from .finite_state import (STATE_PARTS, NonFiniteStateError, checkpoint_nonfinite_names,
-                           describe_names)
+                           describe_names, model_and_optimizer_nonfinite_names)
 
 RNG_KEY = 'rng_states'
 
@@ -191,17 +191,25 @@ def _agree_on_save_error(error: Optional[Exception]) -> Optional[Exception]:
     return None
 
 
+# Parts of the checkpoint being saved that were already scanned on their device (see
+# checked_save_checkpoint); the writer scans the rest of the dict.
+_SCANNED_LIVE: Tuple[str, ...] = ()
+
+
+def _refusal(filename: str, step, names: List[str]) -> NonFiniteStateError:
+    return NonFiniteStateError(f'Not writing {filename}: the training state after iteration '
+                               f'{step} holds nan or inf in {describe_names(names)}.')
+
+
 def _refuse_nonfinite_writes(write):
     """mmengine's ``save_checkpoint(checkpoint, filename, ...)`` that refuses a checkpoint
     whose weights, buffers or optimizer state hold nan or inf (before anything is written)."""
 
     def save_finite_checkpoint(checkpoint, filename, *args, **kwargs):
-        names = checkpoint_nonfinite_names(checkpoint)
+        parts = [part for part in STATE_PARTS if part not in _SCANNED_LIVE]
+        names = checkpoint_nonfinite_names(checkpoint, parts) if parts else []
         if names:
-            step = (checkpoint.get('meta') or {}).get('iter')
-            raise NonFiniteStateError(
-                f'Not writing {filename}: the training state after iteration {step} holds nan '
-                f'or inf in {describe_names(names)}.')
+            raise _refusal(filename, (checkpoint.get('meta') or {}).get('iter'), names)
         write(checkpoint, filename, *args, **kwargs)
 
     save_finite_checkpoint.__doc__ = write.__doc__
@@ -213,6 +221,7 @@ def _patch_runner() -> None:
     import mmengine.runner.checkpoint as checkpoint_module
     import mmengine.runner.runner as runner_module
     from mmengine.fileio import join_path
+    from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
 
     save_checkpoint = Runner.save_checkpoint
@@ -222,9 +231,22 @@ def _patch_runner() -> None:
     def checked_save_checkpoint(self, out_dir, filename, file_client_args=None,
                                 save_optimizer=True, save_param_scheduler=True, meta=None,
                                 by_epoch=True, backend_args=None):
+        global _SCANNED_LIVE
+        from mmengine.dist import is_main_process
         meta = dict(meta or {})
         meta[RNG_KEY] = getattr(self, '_restv2_rng_states', None) or [capture_rng_state()]
+        path = join_path(out_dir, filename, backend_args=backend_args)
         try:
+            if is_main_process():
+                # Weights and optimizer state are scanned where they live (on a GPU: in
+                # milliseconds, before mmengine copies them to the CPU); the writer scans the
+                # rest of the dict (e.g. EMAHook's ema_state_dict).
+                model = self.model.module if is_model_wrapper(self.model) else self.model
+                names = model_and_optimizer_nonfinite_names(
+                    model, self.optim_wrapper if save_optimizer else None)
+                if names:
+                    raise _refusal(path, meta.get('iter', self.iter), names)
+            _SCANNED_LIVE = ('state_dict', 'optimizer') if save_optimizer else ('state_dict',)
             save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
                             save_param_scheduler, meta, by_epoch, backend_args)
         except NonFiniteStateError as err:
@@ -232,8 +254,8 @@ def _patch_runner() -> None:
             message = f'{err} {resume_advice(self.work_dir)}'
             self.logger.error(message)
             raise NonFiniteStateError(message) from None
-        from mmengine.dist import is_main_process
-        path = join_path(out_dir, filename, backend_args=backend_args)
+        finally:
+            _SCANNED_LIVE = ()
         if is_main_process() and '://' not in str(path):
             problem = checkpoint_problem(str(path))
             if problem is not None:  # raise before CheckpointHook points last_checkpoint at it
