@@ -103,10 +103,16 @@ def model_and_optimizer_nonfinite_names(model: torch.nn.Module, optim_wrapper=No
 
 
 def file_nonfinite_names(path: str) -> List[str]:
-    """Non-finite training state in the checkpoint file at ``path``, read through the
-    project's weights-only loader onto the CPU (a bare state dict counts as weights)."""
-    from .checkpoint_compat import load_local_checkpoint
-    checkpoint = load_local_checkpoint(path, map_location='cpu')
+    """Non-finite training state in the checkpoint file at ``path`` (a bare state dict counts
+    as weights). The file is memory-mapped, so that the scan reads it once through the page
+    cache, which the training run's own load of the same file then finds warm; a file that
+    cannot be mapped is read by the project's loader (its errors name the file)."""
+    from .checkpoint_compat import load_local_checkpoint, mmengine_checkpoint_globals
+    try:
+        with torch.serialization.safe_globals(mmengine_checkpoint_globals()):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # legacy format, unexpected objects: the loader says what is wrong
+        checkpoint = load_local_checkpoint(path, map_location='cpu')
     if not isinstance(checkpoint, Mapping):
         return []
     return checkpoint_nonfinite_names(checkpoint)
