@@ -16,7 +16,7 @@ by ``import restv2_mm``):
 MMSegmentation label maps: a pixel value that is neither one of the config's classes nor an
 ignore value (the dataset's ``ignore_index``, and 255 where mmseg writes it itself for
 ``reduce_zero_label`` / a class subset) raises :class:`AnnotationError` naming the file and the
-values, when the map is loaded. The check is one 256-entry lookup over the loaded map; the
+values, when the map is loaded. The check is one 256-bin histogram of the loaded map; the
 dataset's class count travels with each sample (``get_data_info``), so a map loaded outside a
 dataset is not checked.
 """
@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from typing import Optional
 
+import cv2
 import numpy as np
 from mmengine.logging import print_log
 
@@ -195,16 +196,19 @@ def check_label_map(seg_map: np.ndarray, path: str, num_classes: int, ignore: tu
     """Raise :class:`AnnotationError` if ``seg_map`` (H, W) uint8, as loaded (after
     ``reduce_zero_label`` and the dataset's label map), holds a value that is neither a class
     index ``0..num_classes-1`` nor one of ``ignore``."""
-    if seg_map.dtype == np.uint8:
+    if seg_map.dtype == np.uint8:  # a 256-bin histogram: one fast pass over the map
         allowed = np.zeros(256, dtype=bool)
         allowed[:num_classes] = True
         allowed[[v for v in ignore if 0 <= v < 256]] = True
-        valid = allowed[seg_map]
-    else:  # another loader's wider type: the same test without the lookup table
+        histogram = cv2.calcHist([np.ascontiguousarray(seg_map)], [0], None, [256],
+                                 [0, 256]).ravel()
+        values = np.flatnonzero((histogram > 0) & ~allowed)
+        counts = histogram[values].astype(np.int64)
+    else:  # another loader's wider type
         valid = ((seg_map >= 0) & (seg_map < num_classes)) | np.isin(seg_map, ignore)
-    if valid.all():
+        values, counts = np.unique(seg_map[~valid], return_counts=True)
+    if not len(values):
         return
-    values, counts = np.unique(seg_map[~valid], return_counts=True)
     listed = ', '.join(f'{v} ({c} pixels)' for v, c in zip(values.tolist(), counts.tolist()))
     stored = (f' (stored as {", ".join(str(v + 1) for v in values.tolist())} before '
               'reduce_zero_label)' if reduce_zero_label else '')
