@@ -220,7 +220,8 @@ SCHEDULE = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end
 
 
 def lr_trace():
-    """A hook recording the lr each iteration trains with."""
+    """A hook recording the lr of every param group each iteration trains with (and the
+    ``base_lr`` mmengine logs)."""
     from mmengine.hooks import Hook
 
     class LrTrace(Hook):
@@ -230,7 +231,7 @@ def lr_trace():
             self.lrs = {}
 
         def before_train_iter(self, runner, batch_idx, data_batch=None):
-            self.lrs[runner.iter + 1] = runner.optim_wrapper.param_groups[0]['lr']
+            self.lrs[runner.iter + 1] = runner.optim_wrapper.get_lr()
 
     return LrTrace()
 
@@ -238,29 +239,36 @@ def lr_trace():
 @pytest.mark.parametrize('change', ['lr', 'gamma', 'nothing'])
 def test_a_resumed_run_follows_the_config_lr_and_schedule(tmp_path, change):
     # Resumed from the checkpoint of iteration 6 of a 9-iteration run (lr 0.01, gamma 0.5).
+    def optimizer(lr):  # no weight decay on norms: one param group per parameter
+        return dict(optimizer=dict(type='AdamW', lr=lr, weight_decay=0.01),
+                    paramwise_cfg=dict(norm_decay_mult=0.))
+
     train(toy_runner(tmp_path / 'first', max_iters=9, param_scheduler=SCHEDULE,
-                     checkpoint_interval=6))
+                     checkpoint_interval=6, optim_wrapper=optimizer(0.01)))
     lr, schedule = 0.01, [dict(s) for s in SCHEDULE]
     if change == 'lr':
         lr = 0.002
     elif change == 'gamma':
         schedule[1]['gamma'] = 0.1
     resumed_trace, fresh_trace = lr_trace(), lr_trace()
-    log = train(toy_runner(tmp_path / 'second', max_iters=9, lr=lr, param_scheduler=schedule,
-                           resume=True, load_from=str(tmp_path / 'first' / 'iter_6.pth'),
+    log = train(toy_runner(tmp_path / 'second', max_iters=9, param_scheduler=schedule,
+                           optim_wrapper=optimizer(lr), resume=True,
+                           load_from=str(tmp_path / 'first' / 'iter_6.pth'),
                            hooks=[resumed_trace]))
-    train(toy_runner(tmp_path / 'fresh', max_iters=9, lr=lr, param_scheduler=schedule,
-                     hooks=[fresh_trace]))
-    # Iterations 7-9 train with exactly the lr of an uninterrupted run with the new config.
+    train(toy_runner(tmp_path / 'fresh', max_iters=9, param_scheduler=schedule,
+                     optim_wrapper=optimizer(lr), hooks=[fresh_trace]))
+    # Iterations 7-9 train with exactly the lrs of an uninterrupted run with the new config,
+    # in every param group (4) and in the base_lr that mmengine logs.
+    assert len(fresh_trace.lrs[7]['lr']) == 4 and 'base_lr' in fresh_trace.lrs[7]
     assert resumed_trace.lrs == {i: fresh_trace.lrs[i] for i in (7, 8, 9)}
-    warning = {'lr': 'optimizer lr: checkpoint 0.01, config 0.002',
+    warning = {'lr': 'optimizer lr: checkpoint 0.01, config 0.002 (4 of 4 param groups differ)',
                'gamma': 'param_scheduler[1] (MultiStepLR) gamma: checkpoint 0.5, config 0.1'}
     if change == 'nothing':
         assert 'The config differs from the resumed checkpoint' not in log.text()
     else:
         assert (f'The config differs from the resumed checkpoint:\n  {warning[change]}\nThe run '
                 "continues with the config's: the lr of iteration 7 is now "
-                f'{fresh_trace.lrs[7]:.4g} (the checkpoint had ') in log.text()
+                f"{fresh_trace.lrs[7]['lr'][0]:.4g} (the checkpoint had ") in log.text()
 
 
 # ----------------------------------------------------------------------------- AMP

@@ -97,6 +97,10 @@ def test_lr_typo_stops_keeps_the_good_checkpoint_and_resumes(tmp_path, seg_data)
                         r'(\S+) \(the checkpoint had (\S+)\)', out)
     assert resumed and float(resumed[1]) < 1e-3 and float(resumed[2]) > 1e8, out[-3000:]
     assert re.findall(rf'Iter\(train\) \[\s*(\d+)/{end}\]', out) == [str(STEP + 1), str(end)]
+    # mmengine's logged base_lr (its base_param_settings, stepped by the same schedulers)
+    # follows too: here it equals the lr of the param groups.
+    logged = re.findall(r'base_lr: (\S+) lr: (\S+)', out)
+    assert len(logged) == 2 and all(base == lr for base, lr in logged), logged
     final = load_local_checkpoint(osp.join(work, f'iter_{end}.pth'))
     assert checkpoint_nonfinite_names(final) == []
     assert final['optimizer']['param_groups'][0]['lr'] < 1e-3

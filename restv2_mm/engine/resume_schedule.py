@@ -34,9 +34,11 @@ def _settings(scheduler) -> dict:
 
 
 def _param_groups(runner) -> Optional[list]:
+    """The groups the schedulers step: the optimizer's, and mmengine's ``base_param_settings``
+    (the ``base_lr`` of the log) where the optimizer has several."""
     from mmengine.optim import OptimWrapper
     wrapper = runner.optim_wrapper
-    return wrapper.optimizer.param_groups if isinstance(wrapper, OptimWrapper) else None
+    return wrapper.param_groups if isinstance(wrapper, OptimWrapper) else None
 
 
 def snapshot_config_schedule(runner) -> Optional[dict]:
@@ -52,6 +54,7 @@ def snapshot_config_schedule(runner) -> Optional[dict]:
 
 
 def _differences(before: dict, groups: list, schedulers: list) -> List[str]:
+    """``groups``: the optimizer's param groups (without mmengine's base_param_settings)."""
     found = []
     loaded_lrs = [float(g.get('initial_lr', g['lr'])) for g in groups]
     changed = [(c, l) for c, l in zip(before['initial_lrs'], loaded_lrs) if c != l]
@@ -82,7 +85,8 @@ def apply_config_schedule(runner, before: Optional[dict]) -> None:
     if groups is None or not isinstance(schedulers, list) or len(groups) != len(
             before['initial_lrs']):
         return
-    differences = _differences(before, groups, schedulers)
+    optimizer_groups = runner.optim_wrapper.optimizer.param_groups
+    differences = _differences(before, optimizer_groups, schedulers)
     if not differences:
         return
     listed = ''.join(f'\n  {line}' for line in differences)
@@ -92,10 +96,9 @@ def apply_config_schedule(runner, before: Optional[dict]) -> None:
                   f"with the checkpoint's lr and schedule ({problem}).", logger='current',
                   level=30)
         return
-    old_lrs = [float(g['lr']) for g in groups]
-    new_schedulers = _rebuild_at_resumed_step(runner, before['initial_lrs'])
-    runner.param_schedulers = new_schedulers
-    new_lrs = [float(g['lr']) for g in groups]
+    old_lrs = [float(g['lr']) for g in optimizer_groups]
+    runner.param_schedulers = _rebuild_at_resumed_step(runner, before['initial_lrs'])
+    new_lrs = [float(g['lr']) for g in optimizer_groups]
     print_log(f'The config differs from the resumed checkpoint:{listed}\nThe run continues '
               f"with the config's: the lr of iteration {runner.iter + 1} is now "
               f'{_lr_text(new_lrs)} (the checkpoint had {_lr_text(old_lrs)}); the optimizer '
@@ -144,7 +147,7 @@ def _rebuild_at_resumed_step(runner, config_lrs: List[float]) -> list:
                     if scheduler.by_epoch:
                         scheduler.step()
 
-    groups = runner.optim_wrapper.optimizer.param_groups
+    groups = _param_groups(runner)
     index = [distinct.index(lr) for lr in config_lrs]
     for group, lr in zip(groups, config_lrs):
         group['lr'] = group['initial_lr'] = lr
