@@ -27,6 +27,15 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BATCH = 4
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_default_scope():
+    """Each Runner makes its default scope ('mmengine') the current one; later tests of other
+    files build mmdet / mmseg models by plain type names, so the scopes are restored."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        yield
+
+
 def train(runner):
     """``runner.train()`` with its log captured; returns the capture."""
     with captured_log() as capture:
