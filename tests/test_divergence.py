@@ -400,6 +400,9 @@ for interval in (1, 10):  # one process group for both runs: the start-up is the
         outcome = f'{{type(err).__name__}}: {{err}}'
     with open(os.path.join(work, f'outcome_{{rank}}.txt'), 'w') as f:
         f.write(outcome)
+del runner
+dist.barrier()
+dist.destroy_process_group()
 '''
 
 
@@ -416,12 +419,17 @@ def test_every_rank_stops_when_one_rank_diverges(tmp_path):
                               stderr=subprocess.STDOUT, text=True,
                               env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)))
              for rank in range(2)]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output[-3000:]  # the worker itself catches the error
+    try:
+        outputs = [proc.communicate(timeout=300)[0] for proc in procs]  # neither hangs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     for interval in (1, 10):
         work = tmp_path / f'interval_{interval}'
-        outcomes = [(work / f'outcome_{rank}.txt').read_text() for rank in range(2)]
+        written = [work / f'outcome_{rank}.txt' for rank in range(2)]
+        assert all(path.exists() for path in written), outputs[0][-3000:] + outputs[1][-3000:]
+        outcomes = [path.read_text() for path in written]
         assert outcomes[0] == outcomes[1], outcomes
         assert outcomes[0].startswith(
             'NonFiniteLossError: Training diverged at iteration 3: not finite: rank 0: all '

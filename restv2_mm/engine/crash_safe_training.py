@@ -175,11 +175,10 @@ def _agree_on_save_error(error: Optional[Exception]) -> Optional[Exception]:
     """In a distributed run only rank 0 writes: tell every rank whether the save failed, so
     that all of them stop (a rank that went on would wait for the others in the next
     collective). Returns the error this rank must raise."""
-    from mmengine.dist import all_gather_object, barrier, get_world_size
+    from mmengine.dist import all_gather_object, get_world_size
     if get_world_size() == 1:
         return error
     reports = all_gather_object(None if error is None else (type(error).__name__, str(error)))
-    barrier()  # as in gather_rng_states: gloo frees the gathered tensors before anyone exits
     if error is not None:
         return error
     for rank, report in enumerate(reports):

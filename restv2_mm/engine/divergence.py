@@ -172,15 +172,9 @@ class StopOnNonFiniteLossHook(Hook):
         self.settle(runner)  # no validation of a diverged model
 
     def after_train(self, runner) -> None:
-        pending = self._pending is not None
         self.settle(runner)
         if self._amp:
             self._track_loss_scale(runner, final=True)
-        if pending:
-            # The flag went to gloo as a Python tensor; a barrier lets gloo's thread free it
-            # before the interpreter shuts down (see restv2_mm.utils.launch.shutdown_distributed).
-            from mmengine.dist import barrier
-            barrier()
 
     # ------------------------------------------------------------------------- checks
     def settle(self, runner) -> None:
