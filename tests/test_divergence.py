@@ -384,8 +384,9 @@ DIST_WORKER = '''
 import os, sys, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from divergence_toy import toy_dataset, toy_runner
-dist.init_process_group('gloo')
-rank = dist.get_rank()
+rank = int(os.environ['RANK'])
+store = dist.TCPStore('127.0.0.1', {port}, is_master=False)
+dist.init_process_group('gloo', store=store, rank=rank, world_size=2)
 # Only rank 1's batch of iteration 3 is nan (each rank reads its own copy of the data).
 nan_rows = range(8, 12) if rank == 1 else ()
 for interval in (1, 10):  # one process group for both runs: the start-up is the slow part
@@ -400,9 +401,7 @@ for interval in (1, 10):  # one process group for both runs: the start-up is the
         outcome = f'{{type(err).__name__}}: {{err}}'
     with open(os.path.join(work, f'outcome_{{rank}}.txt'), 'w') as f:
         f.write(outcome)
-del runner
-dist.barrier()
-dist.destroy_process_group()
+del runner  # restv2_mm releases the process group at exit; a Runner in a global would keep it
 '''
 
 
@@ -411,10 +410,14 @@ def test_every_rank_stops_when_one_rank_diverges(tmp_path):
     """2 gloo processes; only rank 1 sees a nan loss (iteration 3). Both raise the same error
     naming each rank's terms: at the checkpoint of iteration 3 (checkpoint interval 1: settled
     before saving) or one iteration later (interval 10); neither hangs."""
-    from subprocess_tools import free_port
+    import torch.distributed as dist
+    # The ranks meet at a store this process serves on a port the system picks (bound while
+    # they run: a port picked and released could be taken by another process meanwhile).
+    store = dist.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False)
     script = tmp_path / 'worker.py'
-    script.write_text(DIST_WORKER.format(tests=osp.dirname(__file__), work=str(tmp_path)))
-    env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), WORLD_SIZE='2')
+    script.write_text(DIST_WORKER.format(tests=osp.dirname(__file__), work=str(tmp_path),
+                                         port=store.port))
+    env = dict(os.environ, WORLD_SIZE='2')
     procs = [subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)))

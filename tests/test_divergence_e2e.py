@@ -14,7 +14,6 @@ checkpoint every 3 iterations, max_keep_ckpts=1, 20 iterations. Now:
 * the same through tools/dist_train.sh with 2 processes: every rank stops, none hangs.
 """
 import glob
-import os
 import os.path as osp
 import re
 import subprocess
@@ -25,7 +24,7 @@ import torch
 
 from restv2_mm.engine import load_local_checkpoint
 from restv2_mm.engine.finite_state import checkpoint_nonfinite_names
-from subprocess_tools import free_port, run
+from subprocess_tools import launcher_env, run
 from test_reliability_e2e import seg_config, seg_data  # noqa: F401  (seg_data: a fixture)
 
 pytestmark = pytest.mark.slow
@@ -109,9 +108,8 @@ def test_lr_typo_stops_keeps_the_good_checkpoint_and_resumes(tmp_path, seg_data)
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
 def test_lr_typo_through_dist_train_stops_every_rank(tmp_path, seg_data):  # noqa: F811
     config, work = lr_typo_config(tmp_path, seg_data), str(tmp_path / 'work')
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
     output = train_until_it_fails(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work],
-                                  env=env)
+                                  env=launcher_env())
     assert 'rank 0 of 2 CPU processes' in output
     assert_only_the_newest_good_checkpoint(work, output)
     # The ranks agreed: the error lists what each rank saw.

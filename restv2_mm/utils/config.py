@@ -36,6 +36,26 @@ def config_scope(cfg: Config) -> str:
     return scope
 
 
+def models_registry(scope: str):
+    """MMDetection's or MMSegmentation's ``MODELS``, with that library's modules registered and
+    made the default scope (what building a model from one of its configs needs)."""
+    import warnings
+
+    import restv2_mm  # noqa: F401  (registers ResTv2)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    else:
+        raise ValueError(f'scope must be one of {SCOPES}, got {scope!r}')
+    with warnings.catch_warnings():  # "the current default scope is not ...": intended here
+        warnings.simplefilter('ignore', UserWarning)
+        register_all_modules(init_default_scope=True)
+    return MODELS
+
+
 def iter_config_dicts(node) -> Iterator[dict]:
     """Every dict inside a nested config (dicts, lists and tuples), ``node`` itself first."""
     if isinstance(node, dict):
