@@ -4,13 +4,13 @@ The issue's run is the tiny ADE20K quick start with a mistyped lr step (MultiSte
 at iteration 15), a checkpoint every 5 iterations and max_keep_ckpts=1, 40 iterations: the loss
 is nan from iteration 17 on, training went on to 40, iter_15.pth was deleted and the run exited
 with 0. Here the same, cut to what is needed: configs/upernet_restv2_t_tiny_ade20k.py shrunk to
-a tiny ResTv2 arch on 64x64 crops (as in test_reliability_e2e.py), the typo at iteration 6, a
+a tiny ResTv2 arch on 64x64 crops (as in test_reliability_e2e.py), the typo at iteration 3, a
 checkpoint every 3 iterations, max_keep_ckpts=1, 20 iterations. Now:
 
 * the run stops at the first non-finite loss with the named error and a non-zero exit code;
-* the work dir holds only finite checkpoints, still the newest good one (iter_6.pth), and
+* the work dir holds only finite checkpoints, still the newest good one (iter_3.pth), and
   ``last_checkpoint`` names it;
-* ``--resume`` with the typo fixed continues from iter_6.pth at the config's lr;
+* ``--resume`` with the typo fixed continues from iter_3.pth at the config's lr;
 * the same through tools/dist_train.sh with 2 processes: every rank stops, none hangs.
 """
 import glob
@@ -33,7 +33,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TIMEOUT = 600  # a hang fails the test instead of the suite
 
 
-STEP, INTERVAL, ITERS = 6, 3, 20  # the typo's iteration, checkpoint interval, iterations
+STEP, INTERVAL, ITERS = 3, 3, 20  # the typo's iteration, checkpoint interval, iterations
 
 
 def lr_typo_config(tmp_path, data_root):
@@ -84,7 +84,7 @@ def test_lr_typo_stops_keeps_the_good_checkpoint_and_resumes(tmp_path, seg_data)
     logged = [int(i) for i in re.findall(rf'Iter\(train\) \[\s*(\d+)/{ITERS}\]', output)]
     assert logged and max(logged) == stopped - 1
 
-    # The user fixes the typo and resumes: from iter_6, with the config's lr at iteration 7.
+    # The user fixes the typo and resumes: from iter_3, with the config's lr at iteration 4.
     end = STEP + 2
     out = run([sys.executable, 'tools/train.py', config, '--work-dir', work, '--resume',
                '--cfg-options', 'param_scheduler.1.gamma=0.1', f'train_cfg.max_iters={end}'],
