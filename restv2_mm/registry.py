@@ -1,23 +1,26 @@
 """Registry glue: one class each goes into MMDetection's and MMSegmentation's registries.
 
 - ``ResTv2`` (the backbone) into ``MODELS``;
-- ``ResTv2LearningRateDecayOptimizerConstructor`` into ``OPTIM_WRAPPER_CONSTRUCTORS``.
+- ``ResTv2LearningRateDecayOptimizerConstructor`` into ``OPTIM_WRAPPER_CONSTRUCTORS``;
+- ``StopOnNonFiniteLossHook`` into ``HOOKS`` (also mmengine's root ``HOOKS``, so that a config
+  of any OpenMMLab library can list it in ``custom_hooks``).
 
 Either library may be absent; a class then registers where it can.
 """
 import importlib
 from typing import List
 
+from .engine.divergence import StopOnNonFiniteLossHook
 from .models import ResTv2
 from .optim import ResTv2LearningRateDecayOptimizerConstructor
 
 _SCOPES = ('mmdet', 'mmseg')
 
 
-def _register(registry_name: str, name: str, cls: type) -> List[str]:
+def _register(registry_name: str, name: str, cls: type, scopes=_SCOPES) -> List[str]:
     """Register ``cls`` as ``name`` in ``<scope>.registry.<registry_name>``; returns the scopes."""
-    scopes = []
-    for scope in _SCOPES:
+    registered = []
+    for scope in scopes:
         try:
             registry = getattr(importlib.import_module(f'{scope}.registry'), registry_name)
         except ImportError:
@@ -29,8 +32,8 @@ def _register(registry_name: str, name: str, cls: type) -> List[str]:
             raise RuntimeError(
                 f'{scope} already has another class registered as {name} in {registry_name}: '
                 f'{existing}')
-        scopes.append(scope)
-    return scopes
+        registered.append(scope)
+    return registered
 
 
 def register_backbone() -> List[str]:
@@ -43,3 +46,10 @@ def register_optim_constructor() -> List[str]:
     ``constructor='ResTv2LearningRateDecayOptimizerConstructor'``; returns its scopes."""
     return _register('OPTIM_WRAPPER_CONSTRUCTORS', 'ResTv2LearningRateDecayOptimizerConstructor',
                      ResTv2LearningRateDecayOptimizerConstructor)
+
+
+def register_hooks() -> List[str]:
+    """Register :class:`~restv2_mm.engine.divergence.StopOnNonFiniteLossHook` as
+    ``type='StopOnNonFiniteLossHook'``; returns its scopes."""
+    return _register('HOOKS', 'StopOnNonFiniteLossHook', StopOnNonFiniteLossHook,
+                     scopes=('mmengine', *_SCOPES))

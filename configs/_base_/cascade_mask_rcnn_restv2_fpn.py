@@ -6,6 +6,9 @@
 _base_ = ['mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py']
 
 custom_imports = dict(imports=['restv2_mm'], allow_failed_imports=False)
+# Stops a diverging run at its first nan/inf loss with a named error (docs/divergence.md);
+# keep it in a custom_hooks list of your own, `custom_hooks = []` turns it off.
+custom_hooks = [dict(type='StopOnNonFiniteLossHook')]
 
 
 def _giou_4conv1fc_head(target_stds):

@@ -13,6 +13,9 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['restv2_mm'], allow_failed_imports=False)
+# Stops a diverging run at its first nan/inf loss with a named error (docs/divergence.md);
+# keep it in a custom_hooks list of your own, `custom_hooks = []` turns it off.
+custom_hooks = [dict(type='StopOnNonFiniteLossHook')]
 
 crop_size = (512, 512)
 # ``size`` pads training batches to the crop; testing feeds whole images of any size.

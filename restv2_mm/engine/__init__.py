@@ -4,6 +4,8 @@ from .checkpoint_compat import (allow_checkpoint_globals, allow_mmengine_checkpo
 from .checkpoint_files import (CheckpointFileError, check_checkpoint_file, checkpoint_problem,
                                find_resumable_checkpoint, resume_candidates)
 from .crash_safe_training import capture_rng_state, make_training_crash_safe, restore_rng_state
+from .divergence import NonFiniteLossError, StopOnNonFiniteLossHook
+from .finite_state import NonFiniteStateError, checkpoint_nonfinite_names, file_nonfinite_names
 from .image_loading import CorruptImageError, image_bytes_problem, make_image_loading_explicit
 
 __all__ = ['allow_checkpoint_globals', 'allow_mmengine_checkpoints', 'load_local_checkpoint',
@@ -11,4 +13,6 @@ __all__ = ['allow_checkpoint_globals', 'allow_mmengine_checkpoints', 'load_local
            'CheckpointFileError', 'check_checkpoint_file', 'checkpoint_problem',
            'find_resumable_checkpoint', 'resume_candidates', 'capture_rng_state',
            'restore_rng_state', 'make_training_crash_safe', 'CorruptImageError',
-           'image_bytes_problem', 'make_image_loading_explicit']
+           'image_bytes_problem', 'make_image_loading_explicit', 'NonFiniteLossError',
+           'StopOnNonFiniteLossHook', 'NonFiniteStateError', 'checkpoint_nonfinite_names',
+           'file_nonfinite_names']

@@ -4,6 +4,8 @@
 anywhere (killed writer, full disk, interrupted download) has no central directory: reading the
 directory and the small ``data.pkl`` record tells complete from truncated without loading the
 tensors. Files in torch's legacy (pre-1.6) format are plain pickles and are judged at load time.
+``--resume`` also passes over checkpoints of a diverged run (nan or inf in the weights, buffers
+or optimizer state, :mod:`restv2_mm.engine.finite_state`), which takes one read of the file.
 """
 import os
 import os.path as osp
@@ -86,6 +88,12 @@ def _read_pointer(pointer: str) -> Optional[str]:
         return None
 
 
+def last_checkpoint_of(work_dir: str) -> Optional[str]:
+    """The checkpoint ``work_dir/last_checkpoint`` names, or None (no file, or an empty one)."""
+    pointer = osp.join(work_dir, LAST_CHECKPOINT)
+    return _read_pointer(pointer) if osp.exists(pointer) else None
+
+
 def resume_candidates(work_dir: str) -> List[str]:
     """Checkpoints ``--resume`` may continue from, best first.
 
@@ -115,13 +123,35 @@ def resume_candidates(work_dir: str) -> List[str]:
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """Drop-in for mmengine's ``find_latest_checkpoint``: the newest COMPLETE checkpoint.
+    """Drop-in for mmengine's ``find_latest_checkpoint``: the newest COMPLETE checkpoint whose
+    training state is FINITE.
 
-    Skips (and logs) truncated or empty files instead of handing them to ``torch.load``; removes
-    temporary files of killed writers. Returns None when the work dir holds no checkpoint (a
-    fresh start, as in mmengine); raises when it holds checkpoints but none is complete, rather
-    than silently training from scratch.
+    Skips (and logs) truncated or empty files instead of handing them to ``torch.load``, and
+    checkpoints whose weights, buffers or optimizer state hold nan or inf (a diverged run's;
+    this reads the candidate once); removes temporary files of killed writers. Returns None
+    when the work dir holds no checkpoint (a fresh start, as in mmengine); raises when it holds
+    checkpoints but none is usable, rather than silently training from scratch. In a
+    distributed run rank 0 decides and tells the others (one read of the file, not one per rank).
     """
+    from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
+    if get_world_size() == 1:
+        return _find_resumable_checkpoint(work_dir)
+    outcome, error = [None], None
+    if is_main_process():
+        try:
+            outcome = [(True, _find_resumable_checkpoint(work_dir))]
+        except Exception as err:  # every rank must stop, not wait in the next collective
+            outcome, error = [(False, f'{err}')], err
+    broadcast_object_list(outcome, src=0)
+    found, value = outcome[0]
+    if error is not None:
+        raise error
+    if not found:
+        raise CheckpointFileError(f'--resume: rank 0 could not choose a checkpoint: {value}')
+    return value
+
+
+def _find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     from mmengine.dist import is_main_process
     if is_main_process() and osp.isdir(work_dir):
         for tmp in remove_stale_temporary_files(work_dir):
@@ -141,17 +171,29 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     for candidate in candidates:
         if '://' in candidate:  # a remote backend: let mmengine's loader judge it
             return candidate
-        problem = checkpoint_problem(candidate)
+        problem = checkpoint_problem(candidate) or _nonfinite_problem(candidate)
         if problem is None:
             if candidate != named:
                 why = ('; '.join(skipped) if skipped else
                        f'{pointer} names {named}' if named else f'{pointer} is missing or empty')
-                print_log(f'Resuming from {candidate}, the newest complete checkpoint ({why}).',
-                          logger='current', level=30)
+                print_log(f'Resuming from {candidate}, the newest complete checkpoint with finite '
+                          f'weights and optimizer state ({why}).', logger='current', level=30)
             return candidate
         skipped.append(f'skipped {candidate}: it {problem}')
         print_log(f'Not resuming from {candidate}: it {problem}.', logger='current', level=30)
-    raise CheckpointFileError(f'--resume: no complete checkpoint in {work_dir}:\n  ' +
-                              '\n  '.join(skipped) +
+    raise CheckpointFileError(f'--resume: no complete checkpoint in {work_dir} with finite '
+                              'weights and optimizer state:\n  ' + '\n  '.join(skipped) +
                               '\nDelete the broken files to start from the beginning, or pass '
                               '`--resume PATH` with a good checkpoint.')
+
+
+def _nonfinite_problem(path: str) -> Optional[str]:
+    from .finite_state import describe_names, file_nonfinite_names
+    try:
+        names = file_nonfinite_names(path)
+    except CheckpointFileError as err:  # e.g. a legacy (pre-zip) file cut inside its pickle
+        return f'could not be read ({err})'
+    if not names:
+        return None
+    return f'holds nan or inf (a diverged run) in {describe_names(names)}'
+

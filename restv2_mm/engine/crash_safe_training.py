@@ -15,15 +15,24 @@ What mmengine does by itself, and what is changed here (applied by ``import rest
   are saved in ``meta['rng_states']`` and restored on resume, right before the first batch the
   resumed run trains on (``IterBasedTrainLoop`` first replays the skipped batches' data loading,
   which consumes random numbers).
+* A diverged run (see :mod:`restv2_mm.engine.divergence`) must leave its good checkpoints
+  alone: no checkpoint whose weights, buffers or optimizer state hold nan or inf is written
+  (:class:`~restv2_mm.engine.finite_state.NonFiniteStateError` instead, on every rank), so
+  ``last_checkpoint`` never names one and ``max_keep_ckpts`` never deletes the newest finite
+  one; ``--resume`` passes over such files, and resuming or loading one explicitly is an error.
+* A resumed run follows the config's lr and lr schedule where they differ from the
+  checkpoint's, with a warning (:mod:`restv2_mm.engine.resume_schedule`).
 """
 import random
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from mmengine.logging import print_log
 
 from .checkpoint_files import CheckpointFileError, checkpoint_problem, find_resumable_checkpoint
+from .finite_state import (STATE_PARTS, NonFiniteStateError, checkpoint_nonfinite_names,
+                           describe_names, model_and_optimizer_nonfinite_names)
 
 RNG_KEY = 'rng_states'
 
@@ -132,15 +141,23 @@ def _patch_checkpoint_hook() -> None:
         return
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        from .divergence import settle_nonfinite_checks
+        settle_nonfinite_checks(runner)  # a diverged iteration stops every rank before saving
         runner._restv2_rng_states = gather_rng_states()
         deferred: list = []
         backend = self.file_backend
         self.file_backend = _DeferRemovals(backend, deferred)
+        error = None
         try:
             original(self, runner, step, meta)
+        except Exception as err:  # raised on rank 0 (the writer): every rank must stop
+            error = err
         finally:
             self.file_backend = backend
             runner._restv2_rng_states = None
+        error = _agree_on_save_error(error)
+        if error is not None:
+            raise error
         # Only now that the new checkpoint is complete and last_checkpoint names it.
         for action, path in deferred:
             getattr(backend, action)(path)
@@ -150,10 +167,56 @@ def _patch_checkpoint_hook() -> None:
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
 
 
+def _agree_on_save_error(error: Optional[Exception]) -> Optional[Exception]:
+    """In a distributed run only rank 0 writes: tell every rank whether the save failed, so
+    that all of them stop (a rank that went on would wait for the others in the next
+    collective). Returns the error this rank must raise."""
+    from mmengine.dist import all_gather_object, get_world_size
+    if get_world_size() == 1:
+        return error
+    reports = all_gather_object(None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        return error
+    for rank, report in enumerate(reports):
+        if report is not None:
+            kind, message = report
+            if kind == NonFiniteStateError.__name__:
+                return NonFiniteStateError(message)
+            return RuntimeError(f'rank {rank} could not save the checkpoint: {kind}: {message}')
+    return None
+
+
+# Parts of the checkpoint being saved that were already scanned on their device (see
+# checked_save_checkpoint); the writer scans the rest of the dict.
+_SCANNED_LIVE: Tuple[str, ...] = ()
+
+
+def _refusal(filename: str, step, names: List[str]) -> NonFiniteStateError:
+    return NonFiniteStateError(f'Not writing {filename}: the training state after iteration '
+                               f'{step} holds nan or inf in {describe_names(names)}.')
+
+
+def _refuse_nonfinite_writes(write):
+    """mmengine's ``save_checkpoint(checkpoint, filename, ...)`` that refuses a checkpoint
+    whose weights, buffers or optimizer state hold nan or inf (before anything is written)."""
+
+    def save_finite_checkpoint(checkpoint, filename, *args, **kwargs):
+        parts = [part for part in STATE_PARTS if part not in _SCANNED_LIVE]
+        names = checkpoint_nonfinite_names(checkpoint, parts) if parts else []
+        if names:
+            raise _refusal(filename, (checkpoint.get('meta') or {}).get('iter'), names)
+        write(checkpoint, filename, *args, **kwargs)
+
+    save_finite_checkpoint.__doc__ = write.__doc__
+    save_finite_checkpoint.__wrapped__, save_finite_checkpoint._restv2_safe = write, True
+    return save_finite_checkpoint
+
+
 def _patch_runner() -> None:
     import mmengine.runner.checkpoint as checkpoint_module
     import mmengine.runner.runner as runner_module
     from mmengine.fileio import join_path
+    from mmengine.model import is_model_wrapper
     from mmengine.runner import Runner
 
     save_checkpoint = Runner.save_checkpoint
@@ -163,12 +226,31 @@ def _patch_runner() -> None:
     def checked_save_checkpoint(self, out_dir, filename, file_client_args=None,
                                 save_optimizer=True, save_param_scheduler=True, meta=None,
                                 by_epoch=True, backend_args=None):
+        global _SCANNED_LIVE
+        from mmengine.dist import is_main_process
         meta = dict(meta or {})
         meta[RNG_KEY] = getattr(self, '_restv2_rng_states', None) or [capture_rng_state()]
-        save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
-                        save_param_scheduler, meta, by_epoch, backend_args)
-        from mmengine.dist import is_main_process
         path = join_path(out_dir, filename, backend_args=backend_args)
+        try:
+            if is_main_process():
+                # Weights and optimizer state are scanned where they live (on a GPU: in
+                # milliseconds, before mmengine copies them to the CPU); the writer scans the
+                # rest of the dict (e.g. EMAHook's ema_state_dict).
+                model = self.model.module if is_model_wrapper(self.model) else self.model
+                names = model_and_optimizer_nonfinite_names(
+                    model, self.optim_wrapper if save_optimizer else None)
+                if names:
+                    raise _refusal(path, meta.get('iter', self.iter), names)
+            _SCANNED_LIVE = ('state_dict', 'optimizer') if save_optimizer else ('state_dict',)
+            save_checkpoint(self, out_dir, filename, file_client_args, save_optimizer,
+                            save_param_scheduler, meta, by_epoch, backend_args)
+        except NonFiniteStateError as err:
+            from .divergence import resume_advice
+            message = f'{err} {resume_advice(self.work_dir)}'
+            self.logger.error(message)
+            raise NonFiniteStateError(message) from None
+        finally:
+            _SCANNED_LIVE = ()
         if is_main_process() and '://' not in str(path):
             problem = checkpoint_problem(str(path))
             if problem is not None:  # raise before CheckpointHook points last_checkpoint at it
@@ -179,13 +261,23 @@ def _patch_runner() -> None:
     def load_checkpoint_keeping_meta(self, filename, *args, **kwargs):
         checkpoint = load_checkpoint(self, filename, *args, **kwargs)
         self._restv2_loaded_meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+        if isinstance(checkpoint, dict):
+            _refuse_nonfinite_checkpoint(filename, checkpoint,
+                                         resuming=getattr(self, '_restv2_resuming', False))
         return checkpoint
 
     resume = Runner.resume
 
     def resume_with_rng(self, filename, *args, **kwargs):
+        from .resume_schedule import apply_config_schedule, snapshot_config_schedule
         self._restv2_loaded_meta = None
-        resume(self, filename, *args, **kwargs)
+        config_schedule = snapshot_config_schedule(self)
+        self._restv2_resuming = True
+        try:
+            resume(self, filename, *args, **kwargs)
+        finally:
+            self._restv2_resuming = False
+        apply_config_schedule(self, config_schedule)
         _schedule_rng_restore(self, self._restv2_loaded_meta)
 
     for new, old in ((checked_save_checkpoint, save_checkpoint),
@@ -194,9 +286,21 @@ def _patch_runner() -> None:
     Runner.save_checkpoint = checked_save_checkpoint
     Runner.load_checkpoint = load_checkpoint_keeping_meta
     Runner.resume = resume_with_rng
-    # load_or_resume looks the function up in the runner module's namespace.
+    # load_or_resume looks the function up in the runner module's namespace, and so does
+    # Runner.save_checkpoint for the function that writes the checkpoint dict.
     runner_module.find_latest_checkpoint = find_resumable_checkpoint
     checkpoint_module.find_latest_checkpoint = find_resumable_checkpoint
+    runner_module.save_checkpoint = _refuse_nonfinite_writes(runner_module.save_checkpoint)
+
+
+def _refuse_nonfinite_checkpoint(filename: str, checkpoint: dict, resuming: bool) -> None:
+    """A checkpoint of a diverged run must not be trained from (or evaluated) unnoticed."""
+    names = checkpoint_nonfinite_names(checkpoint, STATE_PARTS if resuming else ('state_dict',))
+    if names:
+        advice = ('Resume from an earlier checkpoint (`--resume` without a path picks the newest '
+                  'one with finite values).' if resuming else 'Use an earlier checkpoint.')
+        raise NonFiniteStateError(f'checkpoint {filename} holds nan or inf in '
+                                  f"{describe_names(names)}: a diverged run's state. {advice}")
 
 
 def make_training_crash_safe() -> None:
