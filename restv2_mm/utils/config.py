@@ -37,6 +37,21 @@ def config_scope(cfg: Config) -> str:
     return scope
 
 
+def models_registry(scope: str):
+    """The ``MODELS`` registry of 'mmdet' or 'mmseg', every module of that library registered
+    and its scope the default one (as that library's tools/train.py leaves it)."""
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    else:
+        raise ValueError(f'scope must be one of {SCOPES}, got {scope!r}')
+    register_all_modules(init_default_scope=True)
+    return MODELS
+
+
 def iter_config_dicts(node) -> Iterator[dict]:
     """Every dict inside a nested config (dicts, lists and tuples), ``node`` itself first."""
     if isinstance(node, dict):

@@ -79,8 +79,9 @@ def foreign_weights_message(path, reason: str, field: str = INIT_CFG_FIELD) -> s
                 'train from scratch.')
     return (f'ResTv2 got {field}={path!r}, which is not ResTv2 weights ({reason}). The value '
             'usually comes from the ResNet base config your config inherits: set '
-            '`pretrained=None` in your `model = dict(...)` (or `--cfg-options model.pretrained=None`) '
-            'and give ResTv2 weights as `backbone=dict(..., init_cfg=dict(type=\'Pretrained\', '
+            '`pretrained=None` in your `model = dict(...)` (or '
+            '`--cfg-options model.pretrained=None`) and give ResTv2 weights as '
+            '`backbone=dict(..., init_cfg=dict(type=\'Pretrained\', '
             f'checkpoint={EXAMPLE_CHECKPOINT!r}))`. Nothing was downloaded.')
 
 
