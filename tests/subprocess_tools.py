@@ -1,11 +1,11 @@
 """Run the project's command-line tools from tests, as a user would, and fail with their output.
 
-One helper for every end-to-end test (and a free port for the distributed launchers): a non-zero
-exit fails the test with the command and the tail of its combined stdout + stderr, which is
-what one needs to see when a tool breaks.
+One helper for every end-to-end test (and the environment for the distributed launchers): a
+non-zero exit fails the test with the command and the tail of its combined stdout + stderr, which
+is what one needs to see when a tool breaks.
 """
+import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -28,8 +28,15 @@ def run_tool(script, *args, cwd=REPO, env=None, timeout=900) -> str:
                timeout=timeout, cwd=cwd)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now, for a distributed launcher's --master_port."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def launcher_env(env=None) -> dict:
+    """``env`` (default: this process's) for tools/dist_train.sh and dist_test.sh on this machine.
+
+    PYTHON is this interpreter (a bare ``python`` may be another one, e.g. a virtual environment
+    that is not activated). MASTER_PORT and PORT are removed, so the scripts run torchrun
+    --standalone, whose rendezvous store binds a port the system picks: a port picked here and
+    released before the launcher binds it could be taken by another process in between.
+    """
+    env = dict(os.environ if env is None else env, PYTHON=sys.executable)
+    for name in ('MASTER_PORT', 'PORT'):
+        env.pop(name, None)
+    return env

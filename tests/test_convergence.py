@@ -1,10 +1,13 @@
-"""Convergence: the README's quick-start commands, exactly, must end with a model that learned.
+"""Convergence: the documented quick-start commands, exactly, must end with a model that learned.
 
+The commands are read from the pages that show them (tests/doc_commands.py): the detection quick
+start from README.md, the segmentation one from docs/segmentation.md; the test runs them as
+written, plus `--amp` / `--tta` where the pages say to add them.
 On a fresh checkout (here: an empty working directory) each tiny config writes its synthetic set,
 trains ResTv2-T Mask R-CNN / UperNet from scratch for a few minutes and is tested on held-out
 images with the config's own test settings. A wiring mistake (a frozen part, a wrong norm, a
 head fed the wrong level) leaves the metrics near zero, far below the thresholds here, which sit
-with a margin under what the configs reach (README: bbox / segm mAP and mIoU measured).
+with a margin under what the configs reach (docs/detection.md, docs/segmentation.md: measured).
 
 Slow (about 10 minutes of 2 CPU cores for both); CI runs them.
 """
@@ -16,14 +19,18 @@ import cv2
 import numpy as np
 import pytest
 
-from subprocess_tools import run_tool
+from doc_commands import as_subprocess, option_value, quick_start
+from subprocess_tools import run, run_tool
 
 pytestmark = pytest.mark.slow
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIG = osp.join(REPO, 'configs', 'mask_rcnn_restv2_t_tiny_coco.py')
 SEG_CONFIG = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
-# Thresholds a margin below the measured results (README): bbox / segm mAP, mIoU in percent.
+# The pages' quick-start commands (train, test, demo), as shlex words.
+DET_QUICK_START = quick_start('README.md', 'configs/mask_rcnn_restv2_t_tiny_coco.py')
+SEG_QUICK_START = quick_start('docs/segmentation.md', 'configs/upernet_restv2_t_tiny_ade20k.py')
+# Thresholds a margin below the measured results (docs): bbox / segm mAP, mIoU in percent.
 MIN_BBOX_MAP, MIN_SEGM_MAP, MIN_MIOU, MIN_MIOU_TTA = 0.6, 0.6, 60.0, 60.0
 # bf16 autocast (tools/test.py --amp) may differ from fp32 by at most this much.
 AMP_MAP_TOLERANCE, AMP_MIOU_TOLERANCE = 0.03, 2.0
@@ -32,6 +39,21 @@ AMP_MAP_TOLERANCE, AMP_MIOU_TOLERANCE = 0.03, 2.0
 def tool(cwd, script, *args):
     """Run tools/<script> with this Python from ``cwd``; the combined output."""
     return run_tool(script, *args, cwd=cwd, timeout=1800)
+
+
+def documented(cwd, words, *extra):
+    """Run a documented command (plus ``extra`` words) from ``cwd``; the combined output."""
+    return run(as_subprocess(list(words) + list(extra)), cwd=cwd, timeout=1800)
+
+
+def trained_checkpoint(cwd, commands):
+    """The checkpoint training wrote, which must be the one the documented test command reads."""
+    with open(osp.join(cwd, option_value(commands['train'], '--work-dir'), 'last_checkpoint')) as f:
+        checkpoint = f.read().strip()
+    documented_checkpoint = osp.join(cwd, commands['test'][3])
+    assert osp.realpath(checkpoint) == osp.realpath(documented_checkpoint), (
+        f'training wrote {checkpoint}; the documented test command reads {commands["test"][3]}')
+    return checkpoint
 
 
 def coco_metrics(output):
@@ -48,8 +70,11 @@ def miou(output, num_images):
     return float(value)
 
 
-def demo_draws(cwd, image, config, checkpoint, out):
-    tool(cwd, 'demo.py', image, config, checkpoint, '--out', out)
+def demo_draws(cwd, demo_command):
+    """Run a documented demo command from ``cwd``; its drawing must show the predictions."""
+    documented(cwd, demo_command)
+    image = osp.join(cwd, demo_command[2])
+    out = osp.join(cwd, option_value(demo_command, '--out'))
     drawn, source = cv2.imread(out), cv2.imread(image)
     assert drawn is not None, f'tools/demo.py wrote no image at {out}'
     assert drawn.shape == source.shape
@@ -62,63 +87,57 @@ def demo_draws(cwd, image, config, checkpoint, out):
 def detector(tmp_path_factory):
     """The detection quick start from an empty directory: train, then its checkpoint."""
     cwd = str(tmp_path_factory.mktemp('quick_start_det'))
-    output = tool(cwd, 'train.py', DET_CONFIG, '--work-dir', 'work')
+    output = documented(cwd, DET_QUICK_START['train'])
     # No data step before it: the tiny set was written on the first run, saying where.
     assert 'Writing the tiny coco set of the config to data/tiny_coco/' in output
     assert 'eta:' in output
-    with open(osp.join(cwd, 'work', 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
+    checkpoint = trained_checkpoint(cwd, DET_QUICK_START)
     assert osp.basename(checkpoint) == 'epoch_20.pth'
     return cwd, checkpoint
 
 
 def test_detection_quick_start_learns(detector):
-    cwd, checkpoint = detector
-    output = tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir', 'work')
-    metrics = coco_metrics(output)
+    cwd, _ = detector
+    metrics = coco_metrics(documented(cwd, DET_QUICK_START['test']))
     assert metrics['bbox_mAP'] >= MIN_BBOX_MAP and metrics['segm_mAP'] >= MIN_SEGM_MAP, metrics
 
-    amp_metrics = coco_metrics(tool(cwd, 'test.py', DET_CONFIG, checkpoint, '--work-dir',
-                                    'work', '--amp'))
+    amp_metrics = coco_metrics(documented(cwd, DET_QUICK_START['test'], '--amp'))
     for key, value in metrics.items():
         assert abs(amp_metrics[key] - value) <= AMP_MAP_TOLERANCE, (metrics, amp_metrics)
 
 
-def test_detection_demo_draws_on_a_held_out_image(detector, tmp_path):
-    cwd, checkpoint = detector
+def test_detection_demo_draws_on_a_held_out_image(detector):
+    cwd, _ = detector
     with open(osp.join(cwd, 'data', 'tiny_coco', 'annotations', 'instances_val2017.json')) as f:
-        first = json.load(f)['images'][0]['file_name']
-    demo_draws(cwd, osp.join(cwd, 'data', 'tiny_coco', 'val2017', first), DET_CONFIG,
-               checkpoint, str(tmp_path / 'demo.png'))
+        held_out = {image['file_name'] for image in json.load(f)['images']}
+    assert osp.basename(DET_QUICK_START['demo'][2]) in held_out
+    demo_draws(cwd, DET_QUICK_START['demo'])
 
 
 @pytest.fixture(scope='module')
 def segmentor(tmp_path_factory):
     cwd = str(tmp_path_factory.mktemp('quick_start_seg'))
-    output = tool(cwd, 'train.py', SEG_CONFIG, '--work-dir', 'work')
+    output = documented(cwd, SEG_QUICK_START['train'])
     assert 'Writing the tiny ade20k set of the config to data/tiny_ade20k' in output
     assert 'eta:' in output
-    with open(osp.join(cwd, 'work', 'last_checkpoint')) as f:
-        checkpoint = f.read().strip()
+    checkpoint = trained_checkpoint(cwd, SEG_QUICK_START)
     assert osp.basename(checkpoint) == 'iter_120.pth'
     return cwd, checkpoint
 
 
 def test_segmentation_quick_start_learns(segmentor):
-    cwd, checkpoint = segmentor
+    cwd, _ = segmentor
     num_val = 8
-    single = miou(tool(cwd, 'test.py', SEG_CONFIG, checkpoint, '--work-dir', 'work'), num_val)
+    single = miou(documented(cwd, SEG_QUICK_START['test']), num_val)
     assert single >= MIN_MIOU
-    tta = miou(tool(cwd, 'test.py', SEG_CONFIG, checkpoint, '--work-dir', 'work', '--tta'),
-               num_val)
+    tta = miou(documented(cwd, SEG_QUICK_START['test'], '--tta'), num_val)
     assert tta >= MIN_MIOU_TTA
 
-    amp = miou(tool(cwd, 'test.py', SEG_CONFIG, checkpoint, '--work-dir', 'work', '--amp'),
-               num_val)
+    amp = miou(documented(cwd, SEG_QUICK_START['test'], '--amp'), num_val)
     assert abs(amp - single) <= AMP_MIOU_TOLERANCE, (single, amp)
 
 
-def test_segmentation_demo_draws_on_a_held_out_image(segmentor, tmp_path):
-    cwd, checkpoint = segmentor
-    image = osp.join(cwd, 'data', 'tiny_ade20k', 'images', 'validation', 'ADE_val_00000001.jpg')
-    demo_draws(cwd, image, SEG_CONFIG, checkpoint, str(tmp_path / 'demo.png'))
+def test_segmentation_demo_draws_on_a_held_out_image(segmentor):
+    cwd, _ = segmentor
+    assert '/validation/' in SEG_QUICK_START['demo'][2]
+    demo_draws(cwd, SEG_QUICK_START['demo'])

@@ -5,7 +5,10 @@
 - bf16 inference on the CPU computes attention as chunked matmuls instead of SDPA:
   chunks change nothing, masks (padded windows) still apply, and the backbone stays close to
   fp32;
-- the fused MLP's token groups in training give autograd's outputs and gradients.
+- the fused MLP's token groups in training give autograd's outputs and gradients;
+- all four are chosen by one function of (device, compute dtype, grad) that keeps them to the
+  CPU, and every call site asks it: on another device (the meta device stands in for CUDA here)
+  the plain path runs (tests/test_cuda.py checks CUDA itself when there is one).
 No timing here: speed is tools/benchmark.py's job.
 """
 import pytest
@@ -14,7 +17,9 @@ import torch.nn.functional as F
 
 import restv2_mm.models.attention as attention
 import restv2_mm.models.layers as layers
-from restv2_mm.models.restv2 import ResTv2
+from restv2_mm.models.fast_paths import (PLAIN, FastPaths, compute_dtype, fast_paths_for,
+                                         select_fast_paths)
+from restv2_mm.models.restv2 import ResTv2, ResTv2Block
 
 
 def backbone(style='global'):
@@ -147,3 +152,92 @@ def test_fused_attention_query_splits_give_sdpa_outputs_and_gradients():
     torch.testing.assert_close(split, ref)
     for a, b in zip(split_grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+# The CPU's paths per (compute dtype, autograd recording).
+CPU_PATHS = {
+    (F32, True): FastPaths(fused_mlp=True, query_splits=True),
+    (F32, False): FastPaths(token_groups=True),
+    (BF16, True): FastPaths(query_splits=True),  # autocast training: autograd's MLP
+    (BF16, False): FastPaths(token_groups=True, chunked_attention=True),
+    (F16, True): FastPaths(query_splits=True),
+    (F16, False): FastPaths(token_groups=True),  # fp16 matmuls are slow on CPUs: SDPA
+}
+
+
+@pytest.mark.parametrize('grad', [True, False])
+@pytest.mark.parametrize('dtype', [F32, BF16, F16])
+@pytest.mark.parametrize('device', ['cpu', torch.device('cpu'), 'cuda', 'cuda:1',
+                                    torch.device('cuda', 0), 'meta', 'mps'])
+def test_fast_paths_are_selected_on_the_cpu_only(device, dtype, grad):
+    paths = select_fast_paths(device, dtype, grad)
+    if torch.device(device).type == 'cpu':
+        assert paths == CPU_PATHS[(dtype, grad)]
+    else:
+        assert paths == PLAIN and not any(vars(paths).values())
+
+
+def test_compute_dtype_follows_autocast():
+    x = torch.zeros(2, 3)
+    assert compute_dtype(x) is F32
+    with torch.autocast('cpu', dtype=BF16):
+        assert compute_dtype(x) is BF16
+        assert fast_paths_for(x) == CPU_PATHS[(BF16, torch.is_grad_enabled())]
+        assert compute_dtype(torch.zeros(2, dtype=torch.long)) is torch.long
+    assert compute_dtype(x.half()) is F16
+    with torch.no_grad():
+        assert fast_paths_for(x.bfloat16()) == CPU_PATHS[(BF16, False)]
+
+
+def count_fast_path_calls(monkeypatch) -> dict:
+    """Counters of every entry to a CPU fast path, by name."""
+    calls = dict.fromkeys(('token groups', 'fused mlp', 'chunked attention', 'query splits'), 0)
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(ResTv2Block, '_forward_inference',
+                        counting('token groups', ResTv2Block._forward_inference))
+    monkeypatch.setattr(layers._LinearGeluLinear, 'apply',
+                        counting('fused mlp', layers._LinearGeluLinear.apply))
+    monkeypatch.setattr(attention, 'chunked_attention',
+                        counting('chunked attention', attention.chunked_attention))
+    monkeypatch.setattr(attention, 'query_splits',
+                        counting('query splits', attention.query_splits))
+    return calls
+
+
+@pytest.mark.parametrize('style', ['global', 'win'])
+@pytest.mark.parametrize('device', ['cpu', 'meta'])
+def test_call_sites_take_fast_paths_on_cpu_and_plain_paths_elsewhere(monkeypatch, device, style):
+    """The backbone on the meta device (no data, shapes only; a device that is not the CPU, as
+    CUDA is) never enters a CPU path, in fp32 and bf16, inference and training; on the CPU the
+    same runs enter each path its case selects."""
+    calls = count_fast_path_calls(monkeypatch)
+    model = ResTv2('tiny', attn_style=style, window_size=(8, 4, 4, 2)).to(device)
+    x = torch.randn(1, 3, 61, 75, device=device)  # padded windows in every stage
+    blocks = sum(model.depths)
+    entered = {}
+    for dtype, grad in ((F32, False), (BF16, False), (F32, True)):
+        model.to(dtype).train(grad)
+        for name in calls:
+            calls[name] = 0
+        with torch.set_grad_enabled(grad):
+            outs = model(x.to(dtype))
+            if grad:
+                sum(o.mean() for o in outs).backward()
+        assert [o.shape[1] for o in outs] == list(model.embed_dims)
+        entered[(dtype, grad)] = {name for name, n in calls.items() if n}
+    if device == 'meta':
+        assert entered == {case: set() for case in entered}
+        return
+    assert entered[(F32, False)] == {'token groups'}
+    assert entered[(BF16, False)] == {'token groups', 'chunked attention'}
+    # Query splits only where no key mask is given: global attention (Win pads every stage).
+    assert entered[(F32, True)] == ({'fused mlp', 'query splits'} if style == 'global'
+                                    else {'fused mlp'})
+    assert calls['fused mlp'] == blocks

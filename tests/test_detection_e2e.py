@@ -4,7 +4,6 @@ configs/mask_rcnn_restv2_t_tiny_coco.py (the full config at 128 px, see test_tin
 with --cfg-options that make its declared tiny set smaller (4 + 2 images, written by the tools
 themselves into a temporary folder) and the runs one or two epochs long.
 """
-import os
 import os.path as osp
 import re
 import sys
@@ -14,7 +13,7 @@ import torch
 from mmengine.config import Config
 
 import restv2_mm
-from subprocess_tools import free_port, run
+from subprocess_tools import launcher_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -111,9 +110,7 @@ def test_train_test_resume(tiny_coco, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
 def test_dist_train_two_cpu_processes(tiny_coco, tmp_path):
     work_dir = str(tmp_path / 'work')
-    # PYTHON: the scripts run this interpreter (a bare `python` may be another one, e.g. with
-    # a virtual environment that is not activated).
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    env = launcher_env()
     out = run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work_dir,
                '--cfg-options', *tiny_options(tiny_coco, max_epochs=1, batch_size=1)], env=env)
     assert 'rank 0 of 2 CPU processes' in out and 'rank 1 of 2 CPU processes' in out
@@ -124,7 +121,6 @@ def test_dist_train_two_cpu_processes(tiny_coco, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
 
     # The distributed checkpoint tests with tools/dist_test.sh, 2 processes sharing the 2 images.
-    env['MASTER_PORT'] = str(free_port())
     out = run(['bash', 'tools/dist_test.sh', CONFIG, osp.join(work_dir, 'epoch_1.pth'), '2',
                '--work-dir', str(tmp_path / 'test'),
                '--cfg-options', *tiny_options(tiny_coco, max_epochs=1)], env=env)

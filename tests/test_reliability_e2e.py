@@ -9,9 +9,9 @@
   and tools/demo.py, for the segmentor and the detector.
 
 The model is ResTv2 with a tiny custom arch (16-128 channels, one block per stage) on tiny
-images, so each training process costs seconds; a checkpoint write is slowed down (a
-``sitecustomize`` that sleeps between chunks of :func:`restv2_mm.engine.atomic_io._write_chunks`)
-so the kill lands inside it.
+images, so each training process costs seconds. The write of a named checkpoint stalls after its
+first chunk (a ``sitecustomize`` that wraps :func:`restv2_mm.engine.atomic_io._write_chunks`),
+so a kill lands inside it, or before it, whatever the machine's load: the run cannot get past it.
 """
 import glob
 import importlib.util
@@ -31,7 +31,7 @@ from PIL import Image
 
 from restv2_mm.datasets.tiny_ade20k import make_tiny_ade20k
 from restv2_mm.engine import checkpoint_problem, load_local_checkpoint
-from subprocess_tools import free_port, run
+from subprocess_tools import launcher_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +40,23 @@ SEG_CONFIG = osp.join(REPO, 'configs', 'upernet_restv2_t_tiny_ade20k.py')
 DET_CONFIG = osp.join(REPO, 'configs', 'mask_rcnn_restv2_t.py')
 TINY_ARCH = "dict(_delete_=True, embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4])"
 
-SLOW_DISK = '''
-import os, time
-if os.environ.get('RESTV2_TEST_SLOW_DISK'):
+STALLING_DISK = '''
+import os
+if os.environ.get('RESTV2_TEST_STALL_WRITE'):
+    import threading
     import restv2_mm.engine.atomic_io as atomic_io
     atomic_io.CHUNK_BYTES = 256 << 10
     _write = atomic_io._write_chunks
 
-    def _slow_write_chunks(f, data):  # a slow disk: the checkpoint takes seconds to write
-        for start in range(0, len(data), atomic_io.CHUNK_BYTES):
-            f.write(data[start:start + atomic_io.CHUNK_BYTES])
+    def _stalling_write_chunks(f, data):  # a disk that hangs on one checkpoint
+        name = os.path.basename(f.name).split(atomic_io.TMP_MARKER)[0]
+        if name == os.environ['RESTV2_TEST_STALL_WRITE']:
+            f.write(data[:atomic_io.CHUNK_BYTES])
             f.flush()
-            time.sleep(float(os.environ['RESTV2_TEST_SLOW_DISK']))
+            threading.Event().wait()  # until the test kills the process
+        _write(f, data)
 
-    atomic_io._write_chunks = _slow_write_chunks
+    atomic_io._write_chunks = _stalling_write_chunks
 '''
 
 
@@ -108,12 +111,13 @@ def seg_data(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def slow_disk_env(tmp_path_factory):
-    """Environment whose Python processes (torchrun's workers too) write checkpoints slowly."""
+def stalling_disk_env(tmp_path_factory):
+    """``stalling_disk_env(name)``: an environment whose Python processes (torchrun's workers
+    too) never finish writing the checkpoint ``name``."""
     site = tmp_path_factory.mktemp('site')
-    (site / 'sitecustomize.py').write_text(SLOW_DISK)
-    return dict(os.environ, PYTHONPATH=f'{site}{os.pathsep}{os.environ.get("PYTHONPATH", "")}',
-                RESTV2_TEST_SLOW_DISK='0.15')
+    (site / 'sitecustomize.py').write_text(STALLING_DISK)
+    pythonpath = f'{site}{os.pathsep}{os.environ.get("PYTHONPATH", "")}'
+    return lambda name: dict(os.environ, PYTHONPATH=pythonpath, RESTV2_TEST_STALL_WRITE=name)
 
 
 def start(command, env, log):
@@ -194,7 +198,7 @@ def assert_same_training_state(a_path, b_path, world_size=1):
         assert torch.equal(s['torch'], t['torch'])
 
 
-def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(seg_data, slow_disk_env,
+def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(seg_data, stalling_disk_env,
                                                                  tmp_path):
     config = seg_config(tmp_path, seg_data, max_iters=4)
     train = [sys.executable, 'tools/train.py', config]
@@ -203,16 +207,17 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(seg_data, slow_
 
     # 1. Killed while iter_2.pth is being written: iter_1.pth stays the last complete one.
     with open(tmp_path / 'run1.log', 'w') as log:
-        proc = start(train + ['--work-dir', work], slow_disk_env, log)
+        proc = start(train + ['--work-dir', work], stalling_disk_env('iter_2.pth'), log)
         kill_when(proc, lambda: temporaries(work, 'iter_2.pth'))
     partial, = temporaries(work, 'iter_2.pth')
     assert checkpoint_problem(partial) is not None  # really cut short
     assert not osp.exists(osp.join(work, 'iter_2.pth'))
     assert pointer(work) == osp.join(work, 'iter_1.pth')
 
-    # 2. Resumed, then killed in the middle of iteration 4 (iter_3.pth complete).
+    # 2. Resumed, then killed in iteration 4 (iter_3.pth complete, iter_4.pth never written).
     with open(tmp_path / 'run2.log', 'w') as log:
-        proc = start(train + ['--work-dir', work, '--resume'], slow_disk_env, log)
+        proc = start(train + ['--work-dir', work, '--resume'], stalling_disk_env('iter_4.pth'),
+                     log)
         kill_when(proc, lambda: pointer(work) == osp.join(work, 'iter_3.pth'))
     out = (tmp_path / 'run2.log').read_text()
     assert f'Removed {partial}' in out
@@ -228,13 +233,13 @@ def test_kill_9_anywhere_then_resume_equals_an_uninterrupted_run(seg_data, slow_
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU (gloo) path')
-def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, slow_disk_env,
+def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, stalling_disk_env,
                                                                      tmp_path):
     """tools/dist_train.sh, 2 processes, frozen stem and stage 1, checkpointed blocks."""
     config = seg_config(tmp_path, seg_data, max_iters=3, frozen_stages=1, with_cp=True)
     work = str(tmp_path / 'work')
     command = ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work]
-    env = dict(slow_disk_env, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    env = launcher_env(stalling_disk_env('iter_2.pth'))
     with open(tmp_path / 'run1.log', 'w') as log:
         proc = start(command, env, log)
         kill_when(proc, lambda: temporaries(work, 'iter_2.pth'))
@@ -242,8 +247,7 @@ def test_dist_train_kill_9_and_resume_with_frozen_stages_and_with_cp(seg_data, s
     assert 'rank 0 of 2 CPU processes' in out and 'Iter(train) [1/3]' in out
     assert pointer(work) == osp.join(work, 'iter_1.pth')
 
-    env = dict(os.environ, PYTHON=sys.executable, MASTER_PORT=str(free_port()))
-    out = run(command + ['--resume'], env=env)
+    out = run(command + ['--resume'], env=launcher_env())
     assert 'resumed epoch: 0, iter: 1' in out and 'Restored the RNG states' in out
     assert re.findall(r'Iter\(train\) \[(\d)/3\]', out) == ['2', '3']
     final = load_local_checkpoint(osp.join(work, 'iter_3.pth'))

@@ -1,4 +1,4 @@
-"""End to end, the README's segmentation quick start and Table 5's FLOPs (slow: minutes on a CPU).
+"""End to end, the segmentation quick start (docs/segmentation.md) and Table 5's FLOPs (slow: minutes on a CPU).
 
 tools/make_tiny_ade20k.py -> tools/train.py (a few iterations) -> tools/test.py single-scale and
 --tta, each printing mIoU, all on the real configs, registries, ADE20KDataset and IoUMetric.
@@ -39,7 +39,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
             f'train_dataloader.dataset.data_root={data_root}',
             f'test_dataloader.dataset.data_root={data_root}']
 
-    # Train: the README's quick start, cut to 3 iterations.
+    # Train: the quick start, cut to 3 iterations.
     log = run_tool('train.py', QUICK_START, '--work-dir', work_dir, '--cfg-options', *data,
                    'train_cfg.max_iters=3', 'default_hooks.logger.interval=1')
     # One CPU process: the heads' SyncBN must have become BN, not failed.
@@ -73,7 +73,7 @@ def test_quick_start_train_then_test_single_scale_and_tta(tmp_path):
 
 
 def test_flops_at_2048x512_match_table5():
-    # ResTv2-T only (about a minute on 2 cores); S and B measure 1035.7G and 1095.7G, see README.
+    # ResTv2-T only (about a minute on 2 cores); S and B measure 1035.7G and 1095.7G, see docs/segmentation.md.
     out = run_tool('get_flops.py', 'configs/upernet_restv2_t.py', '--shape', '512', '2048',
                    '--json')
     result = json.loads([line for line in out.splitlines() if line.startswith('{')][-1])

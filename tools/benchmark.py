@@ -38,25 +38,38 @@ Timing: every timed mode of every candidate is warmed up, then the runs are inte
 run of each, in an order that rotates every round, ``--iters`` rounds) and the median is
 reported, as latency (ms per batch) and throughput (img/s), and as a ratio to ``--baseline``.
 
+CUDA (``--device cuda``): the device is synchronised before the clock starts and before it is
+read (CUDA runs asynchronously; the part timers synchronise too), ``cudnn.benchmark`` is on (cuDNN
+picks its fastest convolutions in the warm-up runs, as MMDetection's FPS benchmark does;
+``--no-cudnn-benchmark`` turns it off), and the defaults are 5 warm-up runs and 20 rounds
+(CPU: 1 and 5). TF32 stays at torch's defaults, which the report records. With an mmcv built
+with CPU ops only, NMS and RoIAlign on the GPU run torchvision's kernels
+(restv2_mm/utils/mmcv_cuda.py; the report's environment says which).
+``--dry-run`` builds every candidate of every mode on the meta device (backbones also run there
+once, checking their output shapes), times nothing and needs no GPU: it checks a planned CUDA
+run on any machine.
+
 Allocator: by default (``--malloc cached``) freed CPU memory stays in the process, as with
 jemalloc / tcmalloc or PyTorch's CUDA allocator; glibc's default (``--malloc system``) maps and
 page-faults every large tensor afresh, which costs some models far more than others and depends
 on what ran before in the process (restv2_mm/utils/cpu_malloc.py has the numbers).
 
-Memory: each measurement runs in a fresh subprocess (no allocator state shared between
+Memory: on CPU each measurement runs in a fresh subprocess (no allocator state shared between
 candidates). After one warm-up step and ``malloc_trim``, the kernel's peak-RSS mark is reset
 (``/proc/self/clear_refs``) and the reported number is the peak RSS during one step minus the
-RSS just before it (CPU; Linux), or ``torch.cuda.max_memory_allocated`` minus the memory
-allocated before the step (CUDA). The weights, and the input, are thus not counted; gradients
-and activations are.
+RSS just before it (Linux). On CUDA it is ``torch.cuda.max_memory_allocated`` during one step
+(after a warm-up step) minus the memory allocated before it, in the benchmark's process (the
+allocator counts live tensors, whatever it caches). The weights, and the input, are thus not
+counted; gradients and activations are.
 
-Example (the README's numbers)::
+Example (the numbers of docs/performance.md)::
 
     python tools/benchmark.py --shape 800 1280 --threads 2
     python tools/benchmark.py --shape 512 512 --threads 2 --modes infer
     python tools/benchmark.py --models restv2 --styles global win cwin hwin --modes infer mem-train --flops
     python tools/benchmark.py --models upernet-restv2 upernet-swin-t --baseline upernet-swin-t \\
         --modes model --shape 512 2048 --threads 2
+    python tools/benchmark.py --device cuda --amp fp16 --models restv2 swin-t --modes model
 """
 import argparse
 import json
@@ -67,8 +80,12 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from restv2_mm.benchmark import (ALL_MODES, DETECTIONS_PER_IMAGE, OUR_CONFIG,  # noqa: E402
-                                 STYLES, Settings, resolve_candidates,
+                                 STYLES, Settings, dry_run, resolve_candidates,
                                  run_benchmark, tables)
+
+# (warm-up runs, timed rounds) when not given: CUDA needs more warm-up (cuDNN's algorithm
+# search, lazy module loading) and its runs are cheap.
+DEFAULT_RUNS = {'cpu': (1, 5), 'cuda': (5, 20)}
 
 DEFAULT_MODELS = ['restv2', 'restv2-plain', 'swin-t', 'r50']
 
@@ -85,8 +102,10 @@ def parse_args(argv=None):
     p.add_argument('--baseline', default='swin-t', help='candidate the ratios are relative to')
     p.add_argument('--shape', nargs=2, type=int, default=[800, 1280], metavar=('H', 'W'))
     p.add_argument('--batch', type=int, default=1)
-    p.add_argument('--warmup', type=int, default=1, help='untimed runs per candidate and mode')
-    p.add_argument('--iters', type=int, default=5, help='timed, interleaved rounds')
+    p.add_argument('--warmup', type=int, help='untimed runs per candidate and mode (default: '
+                   '1 on CPU, 5 on CUDA)')
+    p.add_argument('--iters', type=int, help='timed, interleaved rounds (default: 5 on CPU, '
+                   '20 on CUDA)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     p.add_argument('--amp', choices=['fp16', 'bf16'], help='autocast precision')
@@ -98,6 +117,11 @@ def parse_args(argv=None):
                    help="CPU allocator policy of the timed runs: 'cached' keeps freed memory in "
                    "the process (restv2_mm.utils.cpu_malloc), 'system' leaves glibc's defaults, "
                    "whose page faults depend on what ran before")
+    p.add_argument('--no-cudnn-benchmark', action='store_true',
+                   help='CUDA: keep cuDNN\'s default convolution algorithms (no autotuning)')
+    p.add_argument('--dry-run', action='store_true',
+                   help='build every candidate on the meta device and time nothing (no GPU '
+                   'needed, also for --device cuda)')
     p.add_argument('--flops', action='store_true', help='backbone FLOPs of every candidate')
     p.add_argument('--no-check', action='store_true',
                    help='skip the max-abs-difference check of restv2 against restv2-plain')
@@ -109,21 +133,44 @@ def parse_args(argv=None):
         args.candidates = resolve_candidates(args.models, args.config, args.styles)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        p.error('--device cuda: no CUDA device available')
+    if args.device == 'cuda' and not torch.cuda.is_available() and not args.dry_run:
+        p.error('--device cuda: no CUDA device available (--dry-run checks the run without one)')
+    default_warmup, default_iters = DEFAULT_RUNS[args.device]
+    args.warmup = default_warmup if args.warmup is None else args.warmup
+    args.iters = default_iters if args.iters is None else args.iters
+    if args.warmup < 0 or args.iters < 1:
+        p.error(f'--warmup must be >= 0 and --iters >= 1, got {args.warmup} and {args.iters}')
     if args.detections < 1:
         p.error(f'--detections must be >= 1, got {args.detections}')
     return args
+
+
+def settings_from_args(args) -> Settings:
+    return Settings(shape=list(args.shape), batch=args.batch, device=args.device,
+                    amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                    threads=args.threads, seed=args.seed, config=args.config,
+                    detections=args.detections, malloc=args.malloc,
+                    cudnn_benchmark=not args.no_cudnn_benchmark)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = Settings(shape=list(args.shape), batch=args.batch, device=args.device,
-                        amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                        threads=args.threads, seed=args.seed, config=args.config,
-                        detections=args.detections, malloc=args.malloc)
+    settings = settings_from_args(args)
+    if args.dry_run:
+        plan = dry_run(settings, args.candidates, args.modes)
+        if args.json:
+            write_json(plan, args.json)
+        if args.json != '-':
+            for task in plan['tasks']:
+                print(f"built on meta: {task['name']} {task['mode']} "
+                      f"({task['params'] / 1e6:.1f} M parameters"
+                      + (f", outputs {task['outputs']})" if 'outputs' in task else ')'))
+            for skip in plan['skipped']:
+                print(f'skipped: {skip}')
+            print(f"dry run: {len(plan['tasks'])} runs would be timed on {args.device}")
+        return
     run = dict(settings=settings, cands=args.candidates, modes=args.modes, warmup=args.warmup,
                iters=args.iters, baseline=args.baseline, flops=args.flops,
                check=not args.no_check)
@@ -140,15 +187,22 @@ def main(argv=None):
                 **run, set_total=lambda n: bar.update(task, total=n),
                 progress=lambda text: bar.update(task, advance=1, description=text))
     if args.json == '-':
-        print(json.dumps(report, indent=1))
+        write_json(report, '-')
         return
     from rich.console import Console
     console = Console(highlight=False, width=max(Console().width, 160))
     for item in tables(report):
         console.print(item)
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
+        write_json(report, args.json)
+
+
+def write_json(obj: dict, path: str) -> None:
+    if path == '-':
+        print(json.dumps(obj, indent=1))
+        return
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=1)
 
 
 if __name__ == '__main__':

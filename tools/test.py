@@ -19,7 +19,7 @@ from mmengine.runner import Runner
 import restv2_mm  # noqa: F401
 from restv2_mm.datasets import ensure_tiny_dataset
 from restv2_mm.utils import load_tool_config
-from restv2_mm.utils.launch import setup_cpu_distributed, shutdown_distributed
+from restv2_mm.utils.launch import setup_cpu_distributed
 
 
 def parse_args():
@@ -101,7 +101,8 @@ def main():
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
-    shutdown_distributed()
+    # A distributed run's process group is released when the interpreter exits, after the
+    # runner is gone (restv2_mm.utils.launch.release_process_groups; docs/distributed.md).
 
 
 if __name__ == '__main__':

@@ -16,8 +16,7 @@ import restv2_mm  # noqa: F401  (registers ResTv2, makes --resume work on torch 
 from restv2_mm.datasets import ensure_tiny_dataset
 from restv2_mm.engine import check_checkpoint_file
 from restv2_mm.utils import check_pretrained_weights, load_tool_config
-from restv2_mm.utils.launch import (setup_cpu_distributed, shutdown_distributed,
-                                    use_fp32_without_cuda)
+from restv2_mm.utils.launch import setup_cpu_distributed, use_fp32_without_cuda
 
 
 def parse_args():
@@ -89,7 +88,8 @@ def main():
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
-    shutdown_distributed()
+    # A distributed run's process group is released when the interpreter exits, after the
+    # runner is gone (restv2_mm.utils.launch.release_process_groups; docs/distributed.md).
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ A candidate is a built-in name, an alias of a config, or a config itself (a file
 ``mmdet::`` / ``mmseg::`` config). Every candidate is built from its config with the backbone's
 ``init_cfg=None`` (nothing is downloaded or read) and the same seed.
 """
+import copy
 import logging
 import os.path as osp
 import warnings
@@ -84,11 +85,16 @@ def resolve_candidates(models: List[str], config: str = OUR_CONFIG,
     return out
 
 
+_LOADED_CONFIGS = {}
+
+
 def load_candidate_config(cand: Candidate):
     """(config, scope) with init_cfg None and the candidate's attention style applied."""
     from restv2_mm.utils.config import config_scope, iter_config_dicts
     from restv2_mm.utils.flops import load_config
-    cfg = load_config(cand.config)
+    if cand.config not in _LOADED_CONFIGS:  # parsing a config takes about a second
+        _LOADED_CONFIGS[cand.config] = load_config(cand.config)
+    cfg = copy.deepcopy(_LOADED_CONFIGS[cand.config])
     scope = config_scope(cfg)
     cfg.model.backbone.init_cfg = None  # never download / read weights
     if cand.style:
@@ -162,7 +168,8 @@ def build_candidate(cand: Candidate, settings, full_model: bool, seed: int = 0):
     level = logger.level
     logger.setLevel(logging.ERROR)  # init_weights logs every tensor of the mm models
     try:
-        model.init_weights()
+        if settings.device != 'meta':  # a dry run (runner.dry_run) checks shapes only
+            model.init_weights()
     finally:
         logger.setLevel(level)
     if cand.plain:

@@ -1,10 +1,14 @@
-"""Peak memory of one step, each measurement in a fresh process.
+"""Peak memory of one step.
 
-No allocator state is shared between candidates. After one warm-up step and ``malloc_trim``,
-the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``) and the reported number is the
-peak RSS during one step minus the RSS just before it (CPU; Linux), or
-``torch.cuda.max_memory_allocated`` minus the memory allocated before the step (CUDA). Weights
-and the input are thus not counted; gradients and activations are.
+CPU (Linux): each measurement in a fresh process, so no allocator state is shared between
+candidates. After one warm-up step and ``malloc_trim``, the kernel's peak-RSS mark is reset
+(``/proc/self/clear_refs``) and the reported number is the peak RSS during one step minus the
+RSS just before it.
+CUDA: in the benchmark's own process, after the timed runs: ``torch.cuda.max_memory_allocated``
+during one step (after a warm-up step) minus the memory allocated just before it. The caching
+allocator counts the bytes of live tensors, whatever it keeps cached, so no fresh process is
+needed (and none pays CUDA's start-up again).
+Either way weights and the input are not counted; gradients and activations are.
 
 Run as ``python -m restv2_mm.benchmark.memory SETTINGS_JSON CANDIDATE_JSON MODE``.
 """
@@ -60,6 +64,17 @@ def measure_peak_mib(settings, cand: Candidate, mode: str) -> float:
     return (_rss_kb('VmHWM') - before) / 1024
 
 
+def peak_mib(settings, cand: Candidate, mode: str) -> float:
+    """Peak memory of one step of ``mode``: in this process on CUDA, in a fresh one on CPU."""
+    if settings.device != 'cuda':
+        return peak_mib_in_subprocess(settings, cand, mode)
+    try:
+        return measure_peak_mib(settings, cand, mode)
+    finally:  # the step's model and tensors are gone: give their memory back for the next one
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def peak_mib_in_subprocess(settings, cand: Candidate, mode: str) -> float:
     cmd = [sys.executable, '-m', 'restv2_mm.benchmark.memory',
            json.dumps(dataclasses.asdict(settings)), json.dumps(dataclasses.asdict(cand)), mode]
@@ -73,9 +88,11 @@ def peak_mib_in_subprocess(settings, cand: Candidate, mode: str) -> float:
 
 def _worker(argv):
     from .settings import Settings
+    from .steps import prepare_device
     settings = Settings(**json.loads(argv[0]))
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    prepare_device(settings)
     cand = Candidate(**json.loads(argv[1]))
     print(json.dumps(dict(peak_mib=measure_peak_mib(settings, cand, argv[2]))))
 

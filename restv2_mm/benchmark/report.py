@@ -27,8 +27,12 @@ def environment(device: str) -> dict:
                torch=torch.__version__, python=platform.python_version(), cpu=cpu,
                threads=torch.get_num_threads(), device=device)
     if device == 'cuda':
-        env['gpu'] = torch.cuda.get_device_name()
-    for lib in ('mmdet', 'mmseg', 'onnxruntime'):
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version(),
+                   capability='.'.join(map(str, torch.cuda.get_device_capability())))
+        from restv2_mm.utils.mmcv_cuda import mmcv_has_cuda_ops
+        env['nms_roi_align'] = 'mmcv' if mmcv_has_cuda_ops() else 'torchvision'
+    for lib in ('mmcv', 'mmdet', 'mmseg', 'onnxruntime'):
         try:
             env[lib] = __import__(lib).__version__
         except ImportError:
@@ -83,8 +87,13 @@ def ratios(results: List[dict], modes: List[str], baseline: Optional[str]) -> Di
 
 def headline(report: dict) -> str:
     s, env = report['settings'], report['environment']
+    device = env['device']
+    if 'gpu' in env:
+        device += (f" ({env['gpu']}, CUDA {env['cuda']}, cudnn.benchmark="
+                   f"{s.get('cudnn_benchmark')}, TF32 matmul/conv={s.get('tf32_matmul')}/"
+                   f"{s.get('tf32_cudnn')})")
     return (f"{env['date']}  {env['cpu']}  threads={env['threads']}  torch {env['torch']}  "
-            f"device={env['device']}  shape={s['shape'][0]}x{s['shape'][1]}  batch={s['batch']}  "
+            f"device={device}  shape={s['shape'][0]}x{s['shape'][1]}  batch={s['batch']}  "
             f"amp={s['amp']}  channels_last={s['channels_last']}  compile={s['compile']}  "
             f"malloc={s.get('malloc', 'system')}  median of {s['iters']} interleaved runs")
 

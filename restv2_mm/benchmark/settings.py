@@ -18,3 +18,6 @@ class Settings:
     config: str = OUR_CONFIG  # restv2 / restv2-plain
     detections: int = DETECTIONS_PER_IMAGE  # per image, full-model detection inference
     malloc: str = 'cached'  # 'cached': freed CPU memory stays in the process; 'system': glibc's
+    # CUDA: let cuDNN time its convolution algorithms in the warm-up runs and keep the fastest
+    # (torch.backends.cudnn.benchmark), as MMDetection's FPS benchmark and the papers' do.
+    cudnn_benchmark: bool = True

@@ -48,8 +48,22 @@ def autocast(settings):
 
 
 def sync(settings):
+    """Wait for the device's queued work (CUDA runs asynchronously): before reading a clock."""
     if settings.device == 'cuda':
         torch.cuda.synchronize()
+
+
+def prepare_device(settings) -> None:
+    """Process-wide set-up of ``settings.device`` before anything is built or timed.
+
+    CUDA: ``cudnn.benchmark`` as ``settings.cudnn_benchmark`` says, and mmcv's NMS / RoIAlign
+    served by torchvision when mmcv has no CUDA kernels (restv2_mm.utils.mmcv_cuda).
+    """
+    if settings.device != 'cuda':
+        return
+    torch.backends.cudnn.benchmark = settings.cudnn_benchmark
+    from restv2_mm.utils.mmcv_cuda import route_cuda_ops_to_torchvision
+    route_cuda_ops_to_torchvision()
 
 
 class PartTimer:

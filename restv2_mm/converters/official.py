@@ -4,15 +4,11 @@ Official names (see docs/facts): ``stem.*``, ``patch_{2,3,4}.*``, ``stage{1..4}.
 classifier's ``norm.*`` and ``head.*``. Ours: ``stem.*``, ``stages.{s}.downsample.*``,
 ``stages.{s}.blocks.{i}.*``; inside a block the names are the same as the official ones.
 """
-import io
-import os
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping
+from typing import Mapping
 
 import torch
-
-from ..engine.atomic_io import atomic_write_bytes
 
 # Keys only the ImageNet classifier uses; detection and segmentation drop them.
 CLASSIFIER_PREFIXES = ('norm.', 'head.')
@@ -58,18 +54,20 @@ def is_official_layout(state_dict: Mapping) -> bool:
     return any(k.startswith(('stage1.', 'patch_2.')) for k in state_dict)
 
 
+def rename_official_key(key: str) -> str:
+    """Our name of an official backbone key (``stage3.4.attn.q.weight`` ->
+    ``stages.2.blocks.4.attn.q.weight``); other keys (``stem.*``) are returned unchanged."""
+    for pattern, repl in _OFFICIAL_RULES:
+        key, n = pattern.subn(repl, key, count=1)
+        if n:
+            break
+    return key
+
+
 def convert_official(state_dict: Mapping) -> 'OrderedDict[str, torch.Tensor]':
     """Rename official keys to ours and drop the classifier; other keys pass unchanged."""
-    out = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith(CLASSIFIER_PREFIXES):
-            continue
-        for pattern, repl in _OFFICIAL_RULES:
-            key, n = pattern.subn(repl, key, count=1)
-            if n:
-                break
-        out[key] = value
-    return out
+    return OrderedDict((rename_official_key(k), v) for k, v in state_dict.items()
+                       if not k.startswith(CLASSIFIER_PREFIXES))
 
 
 def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[str, torch.Tensor]':
@@ -78,7 +76,15 @@ def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[s
     Accepts the official layouts (wrapped, ``module.``-prefixed or bare), converted copies, and
     whole detector / segmentor checkpoints (their ``backbone.`` part is taken).
     """
+    from .released import find_released_layout  # (it imports this module)
     state_dict = unwrap_state_dict(checkpoint)
+    layout = find_released_layout(state_dict)
+    if layout is not None:
+        raise ValueError(
+            f"this is one of the authors' released {layout.description} checkpoints, not in the "
+            'layout of our configs: convert it with `python tools/convert_official.py SRC DST`, '
+            'then test DST with tools/test.py (or load_from), or point init_cfg at DST to start '
+            'from its backbone')
     prefix = prefix or ('backbone.' if any(k.startswith('backbone.') for k in state_dict) else '')
     if prefix:
         if not prefix.endswith('.'):
@@ -90,15 +96,3 @@ def backbone_state_dict(checkpoint: Mapping, prefix: str = '') -> 'OrderedDict[s
     if is_official_layout(state_dict):
         return convert_official(state_dict)
     return OrderedDict((k, v) for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES))
-
-
-def save_converted(src: str, dst: str) -> Dict[str, int]:
-    """Write an mm-style copy (``{'state_dict': ..., 'meta': ...}``) of an official checkpoint."""
-    state_dict = backbone_state_dict(load_checkpoint_file(src))
-    buffer = io.BytesIO()
-    torch.save({'state_dict': state_dict,
-                'meta': {'converted_from': os.path.basename(src), 'converter': 'restv2_mm'}}, buffer)
-    atomic_write_bytes(buffer.getbuffer(), dst)  # never a half-written file under dst
-    return {'tensors': len(state_dict),
-            'params': sum(v.numel() for k, v in state_dict.items() if 'running_' not in k
-                          and 'num_batches_tracked' not in k)}

@@ -56,18 +56,14 @@ def restore_rng_state(state: dict) -> None:
 
 def gather_rng_states() -> List[dict]:
     """Every rank's RNG state, in rank order (a collective: call it on all ranks)."""
-    from mmengine.dist import all_gather_object, barrier, get_world_size
+    from mmengine.dist import all_gather_object, get_world_size
     state = capture_rng_state()
     if get_world_size() == 1:
         return [state]
-    states = all_gather_object(state)
-    # The gather hands gloo tensors made in Python, which its worker thread frees after the
-    # gather returns, under the GIL. When this checkpoint is the run's last step, a rank could
-    # reach interpreter shutdown first and abort there (pytorch/pytorch#190489), whichever
-    # train.py runs it. The barrier releases the GIL while it waits: those frees are done when
-    # it returns, and its own work holds no Python tensors.
-    barrier()
-    return states
+    # When this checkpoint is the run's last step, gloo's worker threads may still be releasing
+    # the gather's tensors as the script ends: restv2_mm.utils.launch.release_process_groups,
+    # run at exit, joins them before the interpreter shuts down.
+    return all_gather_object(state)
 
 
 class _RestoreRngBeforeBatch:

@@ -11,16 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def exporting() -> bool:
-    """True while ``torch.onnx.export`` (the TorchScript exporter) records a graph.
-
-    Recording turns every Python decision on a shape into a constant of the graph, so EMSAv2 then
-    takes :meth:`EMSAv2.forward_any_size`, whose window size, padding and key mask are tensor
-    arithmetic on the input's shape. Plain ``torch.jit.trace`` (mmengine's FLOP counter) keeps
-    the eager path, so counted operators stay those that PyTorch runs.
-    """
-    return torch.onnx.is_in_onnx_export()
+from .fast_paths import exporting, select_fast_paths  # noqa: F401  (exporting: re-exported)
 
 
 def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
@@ -173,12 +164,14 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """PyTorch's SDPA on (B, heads, N, d) queries and (B, heads, n, d) keys/values.
 
     Returns (B * s, heads, N / s, d): for CPU training without a mask the queries may be cut into
-    s groups moved to the batch dimension (see :func:`query_splits`); ``transpose(1, 2)`` of
-    the result flattens to (B, N, heads, d) either way.
+    s groups moved to the batch dimension (see :func:`query_splits`; never on other devices,
+    see :mod:`.fast_paths`); ``transpose(1, 2)`` of the result flattens to (B, N, heads, d)
+    either way.
     """
     B, heads, N, head_dims = q.shape
     splits = 1
-    if attn_mask is None and q.device.type == 'cpu' and torch.is_grad_enabled():
+    if attn_mask is None and select_fast_paths(q.device, q.dtype,
+                                               torch.is_grad_enabled()).query_splits:
         splits = query_splits(B * heads, N)
     if splits == 1:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -210,12 +203,9 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def low_precision_cpu_inference(q: torch.Tensor) -> bool:
-    """True for bf16 queries on the CPU with autograd off (test, demo, benchmark).
-
-    Not fp16: CPUs without AVX512-FP16 run fp16 matmuls far slower than SDPA does (stage 3 at
-    1280x800 measured 972 vs 46 ms).
-    """
-    return q.device.type == 'cpu' and q.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+    """True for bf16 queries on the CPU with autograd off (test, demo, benchmark): the
+    :func:`chunked_attention` case of :func:`.fast_paths.select_fast_paths`."""
+    return select_fast_paths(q.device, q.dtype, torch.is_grad_enabled()).chunked_attention
 
 
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fast_paths import fast_paths_for, recording
+
 
 def _ln(dims: int) -> nn.LayerNorm:
     # Every LayerNorm of ResTv2 uses eps=1e-6 (the released checkpoints were trained with it).
@@ -121,9 +123,9 @@ class _LinearGeluLinear(torch.autograd.Function):
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear over the last dimension.
 
-    In training on float32 (no autocast), a fused autograd function keeps one hidden tensor
-    for backward instead of two and runs the rest over token groups (see
-    :class:`_LinearGeluLinear`).
+    In training on float32 on the CPU (no autocast), a fused autograd function keeps one
+    hidden tensor for backward instead of two and runs the rest over token groups (see
+    :class:`_LinearGeluLinear` and :mod:`.fast_paths`); elsewhere autograd runs the three ops.
     """
 
     def __init__(self, dims: int, hidden_dims: int):
@@ -133,10 +135,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() and x.dtype == torch.float32
-                and not torch.is_autocast_enabled(x.device.type)
+        if (fast_paths_for(x).fused_mlp
                 and type(self.act) is nn.GELU and self.act.approximate == 'none'
-                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+                and not recording()):
             out = _LinearGeluLinear.apply(x.reshape(-1, x.shape[-1]), self.fc1.weight,
                                           self.fc1.bias, self.fc2.weight, self.fc2.bias)
             return out.view(*x.shape[:-1], out.shape[-1])

@@ -16,7 +16,8 @@ from ..converters import backbone_state_dict, load_checkpoint_file
 from ..utils.weights import (INIT_CFG_FIELD, PRETRAINED_FIELD, check_restv2_state_dict,
                              foreign_weights_message, foreign_weights_reason,
                              missing_weights_message, pretrained_file_missing)
-from .attention import EMSAv2, exporting
+from .attention import EMSAv2
+from .fast_paths import fast_paths_for, recording
 from .layers import ConvStem, Mlp, PatchEmbed, ResidualDWConv, token_groups
 
 ATTN_STYLES = ('global', 'win', 'cwin', 'hwin')
@@ -45,7 +46,8 @@ class ResTv2Block(nn.Module):
         Each token's LN -> MLP -> residual depends on that token only, so groups give the same
         numbers (bit-identical, measured) while the (tokens, 4C) hidden tensor of a group stays
         in cache and is reused by the allocator (see :data:`layers.HIDDEN_PER_GROUP`): stage 1's
-        MLP at 1280x800 measured 2x faster in fp32 and 2.8x in bf16 on CPU.
+        MLP at 1280x800 measured 2x faster in fp32 and 2.8x in bf16 on CPU. CPU only
+        (:mod:`.fast_paths`): a GPU would run a dozen small kernels where one does.
         """
         x = x + self.attn(self.norm1(x))
         tokens = x.reshape(-1, x.shape[-1])  # (B * H * W, C)
@@ -60,8 +62,7 @@ class ResTv2Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(self._forward, x, use_reentrant=False)
-        if not torch.is_grad_enabled() and not (torch.jit.is_tracing() or exporting()
-                                                or torch.compiler.is_compiling()):
+        if fast_paths_for(x).token_groups and not recording():
             return self._forward_inference(x)
         return self._forward(x)
 

@@ -38,8 +38,11 @@ def config_scope(cfg: Config) -> str:
 
 
 def models_registry(scope: str):
-    """The ``MODELS`` registry of 'mmdet' or 'mmseg', every module of that library registered
-    and its scope the default one (as that library's tools/train.py leaves it)."""
+    """MMDetection's or MMSegmentation's ``MODELS``, with that library's modules registered and
+    made the default scope (what building a model from one of its configs needs)."""
+    import warnings
+
+    import restv2_mm  # noqa: F401  (registers ResTv2)
     if scope == 'mmdet':
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
@@ -48,7 +51,9 @@ def models_registry(scope: str):
         from mmseg.utils import register_all_modules
     else:
         raise ValueError(f'scope must be one of {SCOPES}, got {scope!r}')
-    register_all_modules(init_default_scope=True)
+    with warnings.catch_warnings():  # "the current default scope is not ...": intended here
+        warnings.simplefilter('ignore', UserWarning)
+        register_all_modules(init_default_scope=True)
     return MODELS
 
 

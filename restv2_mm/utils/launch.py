@@ -1,14 +1,22 @@
-"""Runtime adjustments that tools/train.py and tools/test.py make before building a Runner.
+"""Runtime adjustments that tools/train.py and tools/test.py make before building a Runner, and
+the release of process groups at exit that ``import restv2_mm`` registers for every script.
 
 mmengine 0.10.7 assumes CUDA in two places that matter here: ``AmpOptimWrapper`` refuses to be
 built without a GPU, and the ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the
 model in DDP with ``device_ids=[LOCAL_RANK]``. Without CUDA we fall back to fp32 and to a gloo
 process group over CPU processes, which is how the multi-GPU path is exercised on CPU machines.
 """
+import atexit
+import ctypes
+import gc
 import os
+import sys
+import warnings
+import weakref
 
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as distributed_c10d
 from mmengine.config import Config
 from mmengine.logging import print_log
 
@@ -62,25 +70,73 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
-def shutdown_distributed() -> bool:
-    """End a distributed run that succeeded: wait for every rank, then destroy the process
-    group. True if there was one.
+def release_process_groups() -> bool:
+    """Destroy every process group and join gloo's worker threads while the interpreter is
+    whole; True if there was one. Local: it waits for no other rank, only for this rank's own
+    threads to finish collectives it already started (on a clean ending, none).
 
-    mmengine does neither, and a rank can then abort after its work is done ('terminate called
-    without an active exception', SIGABRT, so torchrun reports the whole run as failed). A
-    last collective such as the evaluator's broadcast passes Python tensors to gloo; the worker
-    thread that frees them needs the GIL, and when the main thread runs on to interpreter
-    shutdown first, that thread is killed inside a C++ destructor (pytorch/pytorch#190489).
-    ``barrier`` releases the GIL while it waits, so those frees finish before it returns, and
-    its own work holds no Python tensors (the RNG gather before each checkpoint ends with one
-    for the same reason). Not called on errors: a rank that raised must not wait for peers that
-    may never arrive.
+    Why (docs/distributed.md has the backtrace): a ProcessGroupGloo runs collectives on worker
+    threads, and after a collective completes its worker still drops the work item and with it
+    the collective's tensors. Dropping a C++ reference to a tensor that has a Python object
+    decrefs that object, which takes the GIL; when the main thread has begun ``Py_Finalize`` by
+    then, CPython 3.11 ends the worker inside ``take_gil`` with ``pthread_exit``, whose unwinding
+    meets a ``noexcept`` destructor: ``std::terminate``, SIGABRT ('terminate called without an
+    active exception'), a failed torchrun job. Only ``~ProcessGroupGloo`` joins the workers, and
+    left alone it runs during module teardown, when finalization has already begun. Here the
+    last references are ours: ``destroy_process_group`` drops the registry's, ``gc.collect``
+    frees the finished runner's cycles (DDP and its Reducer) while we still hold the groups, so
+    no destructor runs with the GIL held, and dropping ours runs the destructor with the GIL
+    released (torch's holder for process groups does that): a worker still dropping tensors
+    takes the GIL and finishes before the join returns.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    dist.barrier()
+    groups = list(distributed_c10d._world.pg_map)  # every group, the default one included
+    survivors = [weakref.ref(group) for group in groups]
     dist.destroy_process_group()
+    gc.collect()
+    groups.clear()
+    if any(ref() is not None for ref in survivors):
+        warnings.warn('A torch.distributed process group is still referenced after '
+                      'destroy_process_group (a Runner or DDP model kept alive, e.g. in a global '
+                      'variable): its threads outlive this call and can abort the process while '
+                      'the interpreter shuts down. Let the reference go before the script ends.')
     return True
+
+
+_release_registered = False
+
+
+def _release_process_groups_at_exit() -> None:
+    if getattr(sys, 'last_value', None) is not None:  # dying of an uncaught exception
+        _never_free_process_groups()
+    else:
+        release_process_groups()
+
+
+def _never_free_process_groups() -> None:
+    """A rank that raised may have collectives in flight that wait for ranks which will never
+    join them, and destroying its groups (as torch's module teardown would) waits for those
+    collectives until the group's timeout, 30 minutes by default. Its groups are never freed
+    instead: the process leaves at once with its error, and the system closes its sockets."""
+    if dist.is_available() and dist.is_initialized():
+        for group in distributed_c10d._world.pg_map:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(group))
+
+
+def release_process_groups_at_exit() -> None:
+    """Run :func:`release_process_groups` when the interpreter exits; a process that ends on an
+    uncaught exception leaves at once instead (:func:`_never_free_process_groups`).
+
+    Called by ``import restv2_mm``, so it covers our tools, MMDetection's and MMSegmentation's
+    own ``train.py`` / ``test.py`` with our configs (``custom_imports``), and any script that
+    imports the package. ``atexit`` runs the earliest registration last: after every handler
+    registered later, which could still use a group.
+    """
+    global _release_registered
+    if not _release_registered:
+        atexit.register(_release_process_groups_at_exit)
+        _release_registered = True
 
 
 def _sync_bn_to_bn(model_cfg) -> bool:
