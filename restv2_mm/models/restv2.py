@@ -1,6 +1,7 @@
 """ResTv2 backbone for MMDetection 3.x and MMSegmentation 1.x (one class serves both)."""
+import inspect
 import math
-import os
+import warnings
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -12,25 +13,14 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..converters import backbone_state_dict, load_checkpoint_file
+from ..utils.weights import (INIT_CFG_FIELD, PRETRAINED_FIELD, check_restv2_state_dict,
+                             foreign_weights_message, foreign_weights_reason,
+                             missing_weights_message, pretrained_file_missing)
 from .attention import EMSAv2
 from .fast_paths import fast_paths_for, recording
 from .layers import ConvStem, Mlp, PatchEmbed, ResidualDWConv, token_groups
 
 ATTN_STYLES = ('global', 'win', 'cwin', 'hwin')
-
-
-def pretrained_file_missing(path) -> bool:
-    """True when ``init_cfg.checkpoint`` names no local file (URIs are left to the loader)."""
-    return not path or ('://' not in str(path) and not os.path.isfile(path))
-
-
-def missing_weights_message(path) -> str:
-    """What to do when ``init_cfg.checkpoint`` points at no file."""
-    return (f'ResTv2 ImageNet weights not found at {path!r} (model.backbone.init_cfg.checkpoint). '
-            'Put the official checkpoint of this arch there (e.g. restv2_tiny_224.pth from the '
-            'ResTv2 release: its official layout loads as is), or write an mm-style copy with '
-            '`python tools/convert_official.py SRC DST` and point init_cfg.checkpoint at DST. To '
-            'train from scratch on purpose, add `--cfg-options model.backbone.init_cfg=None`.')
 
 
 class ResTv2Block(nn.Module):
@@ -113,11 +103,16 @@ class ResTv2(BaseModule):
         window_size: window side in tokens, an int or one per stage (window styles only);
             ``None`` means (64, 32, 16, 8), the paper's.
         in_channels: input image channels.
-        out_indices: stages whose maps are returned.
+        out_indices: stages whose maps are returned (increasing, from 0..3 for the zoo archs).
         drop_path_rate: stochastic depth, rising linearly over all blocks.
         frozen_stages: -1 freezes nothing; 0 the stem; n the stem and stages 1..n.
         norm_eval: keep BatchNorm layers (the stem's) in eval mode while training.
         with_cp: activation checkpointing per block (saves memory, costs a re-forward).
+        pretrained: deprecated alias of ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``
+            (one warning), as in mmdet/mmseg backbones; MMSegmentation's ``EncoderDecoder``
+            fills it from ``model.pretrained``. Another network's weights (a model-zoo name
+            such as ``open-mmlab://resnet50_v1c`` inherited from a ResNet base config) are
+            refused with the fix, before any download.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads official ImageNet weights
             (any of their layouts), converted copies or a detector's backbone.
     """
@@ -142,8 +137,14 @@ class ResTv2(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
-                 init_cfg: Optional[dict] = None):
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[dict] = None,
+                 **unknown):
+        if unknown:
+            raise TypeError(self._unknown_arguments_message(unknown))
+        init_cfg, weights_field = self._weights_init_cfg(pretrained, init_cfg)
         super().__init__(init_cfg=init_cfg)
+        self.weights_field = weights_field  # the config field that named the checkpoint
         arch_settings = self._parse_arch(arch)
         self.embed_dims = tuple(arch_settings['embed_dims'])
         self.depths = tuple(arch_settings['depths'])
@@ -170,13 +171,12 @@ class ResTv2(BaseModule):
                              f'(one per stage), got {window_size}')
         self.window_size = window_size
 
-        out_indices = tuple(out_indices)
-        if not out_indices or not all(0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'out_indices must be a non-empty subset of {tuple(range(num_stages))},'
-                             f' got {out_indices}')
-        self.out_indices = out_indices
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        self.out_indices = self._check_out_indices(out_indices, self.embed_dims)
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= num_stages):
+            raise ValueError(
+                f'frozen_stages must be an int in [-1, {num_stages}] (-1: nothing, 0: the stem, '
+                f'n: the stem and stages 1..n; this arch has {num_stages} stages), '
+                f'got {frozen_stages!r}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
@@ -199,9 +199,67 @@ class ResTv2(BaseModule):
                 downsample=PatchEmbed(self.embed_dims[i - 1], dims) if i > 0 else None,
                 cross_window_conv=ResidualDWConv(dims) if attn_style == 'cwin' else None))
         # Output norms are not part of the ImageNet network; they start at identity (1, 0).
-        for i in out_indices:
+        for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.embed_dims[i], eps=1e-6))
         self._freeze_stages()
+
+    @staticmethod
+    def _check_out_indices(out_indices, embed_dims: Sequence[int]) -> tuple:
+        """``out_indices`` as a tuple, refused unless increasing stage indices of this arch."""
+        num_stages = len(embed_dims)
+        valid = tuple(range(num_stages))
+        indices = tuple(out_indices) if isinstance(out_indices, (list, tuple)) else ()
+        if (not indices or not all(isinstance(i, int) and i in valid for i in indices)
+                or list(indices) != sorted(set(indices))):
+            stages = ', '.join(f'{i}: {c} channels at stride {4 * 2 ** i}'
+                               for i, c in enumerate(embed_dims))
+            raise ValueError(
+                f'out_indices must be increasing stage indices from {valid} (stage {stages}), '
+                f'got {out_indices!r}. The maps come out in stage order, one per index; the '
+                'neck\'s or head\'s in_channels must list the same stages.')
+        return indices
+
+    @classmethod
+    def _unknown_arguments_message(cls, unknown: dict) -> str:
+        own = [name for name in inspect.signature(cls.__init__).parameters
+               if name not in ('self', 'unknown')]
+        return (f'ResTv2 has no argument {", ".join(sorted(unknown))}. Arguments like these come '
+                "from the backbone of the base config (ResNet's depth, num_stages, strides, "
+                'norm_cfg, style, ...), which mmengine merges into yours: add `_delete_=True` to '
+                'model.backbone so that only ResTv2\'s arguments remain. ResTv2\'s arguments: '
+                f'{", ".join(own)}.')
+
+    @staticmethod
+    def _weights_init_cfg(pretrained: Optional[str], init_cfg) -> tuple:
+        """(init_cfg with the deprecated ``pretrained`` folded in, the field naming the weights).
+
+        Weights that cannot be ResTv2's (another network's model zoo, usually inherited from a
+        ResNet base config's ``model.pretrained``) are refused here, before any download.
+        """
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            checkpoint = init_cfg.get('checkpoint')
+            reason = foreign_weights_reason(checkpoint)
+            if reason:
+                raise ValueError(foreign_weights_message(checkpoint, reason, INIT_CFG_FIELD))
+        if pretrained is None:
+            return init_cfg, INIT_CFG_FIELD
+        if not isinstance(pretrained, str):
+            raise TypeError(f'pretrained must be a checkpoint path (str) or None, got '
+                            f'{type(pretrained).__name__}')
+        reason = foreign_weights_reason(pretrained)
+        if reason:
+            raise ValueError(foreign_weights_message(pretrained, reason, PRETRAINED_FIELD))
+        if init_cfg is not None:
+            raise ValueError(
+                f'ResTv2 got both {PRETRAINED_FIELD}={pretrained!r} and init_cfg={init_cfg!r}; '
+                'give the weights once: keep model.backbone.init_cfg and set '
+                'model.pretrained=None.')
+        warnings.warn(
+            f'ResTv2: pretrained={pretrained!r} is deprecated (as in mmdet/mmseg backbones); it is '
+            f"loaded as init_cfg=dict(type='Pretrained', checkpoint={pretrained!r}). Write that "
+            'in model.backbone.init_cfg and set model.pretrained=None.', FutureWarning,
+            stacklevel=3)
+        return dict(type='Pretrained', checkpoint=pretrained), PRETRAINED_FIELD
 
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> dict:
@@ -260,11 +318,13 @@ class ResTv2(BaseModule):
                 super().init_weights()
             return
         path = self.init_cfg.get('checkpoint')
+        field = getattr(self, 'weights_field', INIT_CFG_FIELD)
         if pretrained_file_missing(path):
-            raise FileNotFoundError(missing_weights_message(path))
+            raise FileNotFoundError(missing_weights_message(path, field))
         self._init_from_scratch()  # output norms and CWin convs are not in the checkpoint
         state_dict = backbone_state_dict(load_checkpoint_file(path),
                                          prefix=self.init_cfg.get('prefix', ''))
+        check_restv2_state_dict(state_dict, path, field)
         self.load_pretrained_state_dict(state_dict, source=path)
         print_log(f'ResTv2: loaded {len(state_dict)} tensors from {path}', logger='current')
 

@@ -4,7 +4,8 @@ from typing import Iterator, Optional, Tuple
 
 from mmengine.config import Config
 
-from ..models.restv2 import missing_weights_message, pretrained_file_missing
+from .weights import (INIT_CFG_FIELD, foreign_weights_message, foreign_weights_reason,
+                      missing_weights_message, pretrained_file_missing)
 
 SCOPES = ('mmdet', 'mmseg')
 
@@ -68,10 +69,22 @@ def iter_config_dicts(node) -> Iterator[dict]:
 
 
 def check_pretrained_weights(cfg: Config) -> None:
-    """Raise before anything is built if a ResTv2 ``Pretrained`` checkpoint file is missing."""
-    backbones = (d for d in iter_config_dicts(cfg.get('model', {})) if d.get('type') == 'ResTv2')
-    for backbone in backbones:
+    """Raise before anything is built if a ResTv2 backbone's checkpoint file is missing or names
+    another network's weights (e.g. ``model.pretrained`` inherited from a ResNet base config)."""
+    model = cfg.get('model', {})
+    for backbone in (d for d in iter_config_dicts(model) if d.get('type') == 'ResTv2'):
+        sources = []
         init_cfg = backbone.get('init_cfg') or {}
-        path = init_cfg.get('checkpoint') if init_cfg.get('type') == 'Pretrained' else None
-        if path is not None and pretrained_file_missing(path):
-            raise FileNotFoundError(missing_weights_message(path))
+        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
+            sources.append((init_cfg.get('checkpoint'), INIT_CFG_FIELD))
+        # MMSegmentation's EncoderDecoder passes model.pretrained on to model.backbone.
+        if backbone is model.get('backbone') and model.get('pretrained') is not None:
+            sources.append((model.get('pretrained'), 'model.pretrained'))
+        if backbone.get('pretrained') is not None:
+            sources.append((backbone.get('pretrained'), 'model.backbone.pretrained'))
+        for path, field in sources:
+            reason = foreign_weights_reason(path)
+            if reason:
+                raise ValueError(foreign_weights_message(path, reason, field))
+            if pretrained_file_missing(path):
+                raise FileNotFoundError(missing_weights_message(path, field))
