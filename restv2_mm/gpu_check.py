@@ -42,10 +42,10 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_START = 'configs/mask_rcnn_restv2_t_tiny_coco.py'
-# README "Quick start (CPU, a few minutes)", measured 2026-11-24 on a 2-core AMD EPYC (fp32:
-# without CUDA the config's AmpOptimWrapper falls back to fp32).
-CPU_QUICK_START = dict(train_s=345, bbox_mAP=0.888, segm_mAP=0.920,
-                       where='README, 2-core CPU, fp32, 2026-11-24')
+# README "Quick start", measured 2026-11-30 on a 2-core AMD EPYC without AMX (fp32: without
+# CUDA the config's AmpOptimWrapper falls back to fp32).
+CPU_QUICK_START = dict(train_s=840, bbox_mAP=0.889, segm_mAP=0.911,
+                       where='README, 2-core CPU, fp32, 2026-11-30')
 MIN_MAP = 0.6  # "it learned": the bar of tests/test_convergence.py
 # The paper's GPU numbers (V100): Table 4 (Mask R-CNN, 1280x800) and Table 5 (UperNet, 2048x512).
 PAPER_FPS = {'Mask R-CNN': dict(restv2=25.0, swin=21.8), 'UperNet': dict(restv2=22.4, swin=21.1)}
