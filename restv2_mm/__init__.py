@@ -4,7 +4,8 @@
 ``type='ResTv2'`` in both libraries' MODELS (and the lr-decay optimizer constructor, and
 ``StopOnNonFiniteLossHook`` in HOOKS), makes mmengine's FLOP counter count scaled-dot-product
 attention, lets mmengine resume its own checkpoints on torch >= 2.6 (see
-:mod:`restv2_mm.engine.checkpoint_compat`), on a GPU machine whose mmcv has CPU ops only runs
+:mod:`restv2_mm.engine.checkpoint_compat`), makes broken COCO annotations and label maps named
+errors at dataset build (:mod:`restv2_mm.datasets.annotation_checks`), on a GPU machine whose mmcv has CPU ops only runs
 mmcv's NMS and RoIAlign on CUDA tensors with torchvision's kernels
 (:mod:`restv2_mm.utils.mmcv_cuda`), and releases distributed process groups at exit so that no
 rank aborts in the interpreter's shutdown (:mod:`restv2_mm.utils.launch`).
